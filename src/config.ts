@@ -192,7 +192,9 @@ function readPem (problems: Problems, name: string, path: string | undefined): s
   }
 }
 
-function readTls (problems: Problems, env: Env): Config['cybs']['tls'] {
+type TlsEnv = Pick<Env, 'CYBS_ENVIRONMENT' | 'CYBS_CLIENT_CERT_FILE' | 'CYBS_CLIENT_KEY_FILE' | 'CYBS_CLIENT_KEY_PASSPHRASE' | 'CYBS_CA_FILE'>
+
+function readTls (problems: Problems, env: TlsEnv): Config['cybs']['tls'] {
   const mtlsRequired = env.CYBS_ENVIRONMENT !== 'simulator'
   for (const name of ['CYBS_CLIENT_CERT_FILE', 'CYBS_CLIENT_KEY_FILE'] as const) {
     if (env[name] === undefined && (mtlsRequired || env.CYBS_CLIENT_CERT_FILE !== undefined || env.CYBS_CLIENT_KEY_FILE !== undefined)) {
@@ -214,9 +216,26 @@ function readTls (problems: Problems, env: Env): Config['cybs']['tls'] {
   return { cert, key, passphrase, ca }
 }
 
-function validateEnv (env: Record<string, string | undefined>): Env {
+type RedisEnv = Pick<Env, 'REDIS_SENTINELS' | 'REDIS_SENTINEL_NAME' | 'REDIS_CLUSTER_NODES'> & { REDIS_URL?: string }
+
+function parseRedis (problems: Problems, e: RedisEnv): RedisConfig {
+  if (e.REDIS_CLUSTER_NODES !== undefined) {
+    return { mode: 'cluster', nodes: parseHostPorts(problems, 'REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES) }
+  }
+  if (e.REDIS_SENTINELS !== undefined) {
+    if (e.REDIS_SENTINEL_NAME === undefined) problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
+    return { mode: 'sentinel', sentinels: parseHostPorts(problems, 'REDIS_SENTINELS', e.REDIS_SENTINELS), name: e.REDIS_SENTINEL_NAME ?? '' }
+  }
+  // REDIS_URL may hold a password, so its value is never echoed either.
+  const url = e.REDIS_URL ?? 'redis://127.0.0.1:6379'
+  if (!/^rediss?:\/\/[^\s]+$/.test(url)) problems.push('REDIS_URL: must be a redis:// or rediss:// URL')
+  return { mode: 'standalone', url }
+}
+
+/** Schema check; on failure, the problems and the names of the variables they concern. */
+function validateEnv (env: Record<string, string | undefined>): { env: Env } | { env: undefined, problems: Problems, flagged: Set<string> } {
   try {
-    return envSchema<Env>({ schema: structuredClone(EnvSchema), data: { ...env }, env: false })
+    return { env: envSchema<Env>({ schema: structuredClone(EnvSchema), data: { ...env }, env: false }) }
   } catch (err) {
     const errors = (err as { errors?: Array<{ instancePath: string, keyword: string, message?: string, params: Record<string, unknown> }> }).errors ?? []
     const lines = new Map<string, string>()
@@ -230,13 +249,38 @@ function validateEnv (env: Record<string, string | undefined>): Env {
           : (e.message ?? 'is invalid')
       lines.set(name, `${name}: ${message}`)
     }
-    throw new ConfigError([...lines.values()])
+    return { env: undefined, problems: [...lines.values()], flagged: new Set(lines.keys()) }
+  }
+}
+
+// After a schema failure, the structured variables that passed the schema are still checked,
+// so one failed start lists every problem instead of revealing them one run at a time.
+function checkStructured (problems: Problems, raw: Record<string, string | undefined>, flagged: Set<string>): void {
+  const usable = (...names: string[]): boolean => names.every(n => !flagged.has(n))
+  const get = (name: string): string | undefined => flagged.has(name) ? undefined : raw[name]
+  const base = get('PUBLIC_BASE_URL')
+  if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'])
+  if (usable('REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES')) {
+    parseRedis(problems, { REDIS_URL: raw.REDIS_URL, REDIS_SENTINELS: raw.REDIS_SENTINELS, REDIS_SENTINEL_NAME: raw.REDIS_SENTINEL_NAME, REDIS_CLUSTER_NODES: raw.REDIS_CLUSTER_NODES })
+  }
+  const keys = get('TOKEN_ENCRYPTION_KEYS')
+  if (keys !== undefined) parseEncryptionKeys(problems, keys)
+  const apiKeys = get('INTERNAL_API_KEYS')
+  if (apiKeys !== undefined) parseInternalApiKeys(problems, apiKeys)
+  const environment = get('CYBS_ENVIRONMENT') as Env['CYBS_ENVIRONMENT'] | undefined
+  if (environment !== undefined && usable('CYBS_CLIENT_CERT_FILE', 'CYBS_CLIENT_KEY_FILE', 'CYBS_CLIENT_KEY_PASSPHRASE', 'CYBS_CA_FILE')) {
+    readTls(problems, { CYBS_ENVIRONMENT: environment, CYBS_CLIENT_CERT_FILE: raw.CYBS_CLIENT_CERT_FILE, CYBS_CLIENT_KEY_FILE: raw.CYBS_CLIENT_KEY_FILE, CYBS_CLIENT_KEY_PASSPHRASE: raw.CYBS_CLIENT_KEY_PASSPHRASE, CYBS_CA_FILE: raw.CYBS_CA_FILE })
   }
 }
 
 /** Validate an environment (process.env in production, a plain object in tests). */
 export function loadConfig (env: Record<string, string | undefined>): Config {
-  const e = validateEnv(env)
+  const validated = validateEnv(env)
+  if (validated.env === undefined) {
+    checkStructured(validated.problems, env, validated.flagged)
+    throw new ConfigError(validated.problems)
+  }
+  const e = validated.env
   const problems: Problems = []
 
   const publicBaseUrl = parseUrl(problems, 'PUBLIC_BASE_URL', e.PUBLIC_BASE_URL, ['http:', 'https:']).replace(/\/+$/, '')
@@ -250,17 +294,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   const successUrl = e.ONBOARDING_SUCCESS_URL === undefined ? undefined : parseUrl(problems, 'ONBOARDING_SUCCESS_URL', e.ONBOARDING_SUCCESS_URL, ['http:', 'https:'])
   const failureUrl = e.ONBOARDING_FAILURE_URL === undefined ? undefined : parseUrl(problems, 'ONBOARDING_FAILURE_URL', e.ONBOARDING_FAILURE_URL, ['http:', 'https:'])
 
-  let redis: RedisConfig
-  if (e.REDIS_CLUSTER_NODES !== undefined) {
-    redis = { mode: 'cluster', nodes: parseHostPorts(problems, 'REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES) }
-  } else if (e.REDIS_SENTINELS !== undefined) {
-    if (e.REDIS_SENTINEL_NAME === undefined) problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
-    redis = { mode: 'sentinel', sentinels: parseHostPorts(problems, 'REDIS_SENTINELS', e.REDIS_SENTINELS), name: e.REDIS_SENTINEL_NAME ?? '' }
-  } else {
-    // REDIS_URL may hold a password, so its value is never echoed either.
-    if (!/^rediss?:\/\/[^\s]+$/.test(e.REDIS_URL)) problems.push('REDIS_URL: must be a redis:// or rediss:// URL')
-    redis = { mode: 'standalone', url: e.REDIS_URL }
-  }
+  const redis = parseRedis(problems, e)
 
   const encryptionKeys = parseEncryptionKeys(problems, e.TOKEN_ENCRYPTION_KEYS)
   const internalApiKeys = parseInternalApiKeys(problems, e.INTERNAL_API_KEYS)

@@ -1,0 +1,24 @@
+// Decorates `tokenClient` (CyberSource /oauth2/v3/token over mutual TLS). Needs `config`.
+import fp from 'fastify-plugin'
+import { createTokenClient, type TokenClient } from '../src/cybersource/token-client.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    tokenClient: TokenClient
+  }
+}
+
+export default fp(async (app) => {
+  const { cybs } = app.config
+  const client = createTokenClient({
+    tokenUrl: cybs.tokenUrl,
+    clientId: cybs.clientId,
+    clientSecret: cybs.clientSecret,
+    timeoutMs: cybs.timeoutMs,
+    tls: cybs.tls,
+    log: app.log.child({ component: 'cybersource' }),
+    now: app.now
+  })
+  app.decorate('tokenClient', client)
+  app.addHook('onClose', async () => { await client.close() })
+}, { name: 'cybersource', dependencies: ['config'] })

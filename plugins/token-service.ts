@@ -1,0 +1,30 @@
+// Decorates `tokenService` (fresh access tokens, single-flight refresh across replicas).
+// Needs the stores, the token client and Redis; owns a subscriber connection. On close it
+// waits for refreshes under way so that tokens CyberSource already issued get stored.
+import fp from 'fastify-plugin'
+import { createSubscriber } from '../src/redis-client.js'
+import { createTokenService, type TokenService } from '../src/token-service.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    tokenService: TokenService
+  }
+}
+
+export default fp(async (app) => {
+  const subscriber = createSubscriber(app.redis)
+  subscriber.on('error', () => {}) // the main client already reports outages
+  const service = createTokenService({
+    redis: app.redis,
+    subscriber,
+    keys: app.redisKeys,
+    store: app.tokenStore,
+    client: app.tokenClient,
+    log: app.log.child({ component: 'token-service' }),
+    now: app.now
+  })
+  app.decorate('tokenService', service)
+  // Started without waiting: a Redis that is down at boot must not block the service.
+  service.start().catch((err: unknown) => app.log.warn({ err }, 'token change subscription failed; relying on polling'))
+  app.addHook('preClose', async () => { await service.close() })
+}, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource'] })

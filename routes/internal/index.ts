@@ -1,0 +1,40 @@
+// /internal: the bearer guard (encapsulated here, not global) and the audit line of every call:
+// caller (bound to the request's logger), merchant id, outcome; never a token.
+import type { FastifyInstance } from 'fastify'
+import { createApiKeyVerifier } from '../../src/api-keys.js'
+import { UnauthorizedError } from '../../src/errors.js'
+import merchantRoutes from './v1/merchants/index.js'
+import onboardingLinkRoutes from './v1/onboarding-links.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    caller: string
+  }
+}
+
+export default async function internalRoutes (app: FastifyInstance): Promise<void> {
+  const verify = createApiKeyVerifier(app.config.internalApiKeys)
+  app.decorateRequest('caller', '')
+
+  app.addHook('onRequest', async (request) => {
+    const caller = verify(request.headers.authorization)
+    if (caller === undefined) throw new UnauthorizedError()
+    request.caller = caller
+    request.log = request.log.child({ caller })
+  })
+
+  app.addHook('onResponse', async (request, reply) => {
+    const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId
+    request.log.info({
+      merchant_id: merchantId,
+      route: request.routeOptions.url,
+      method: request.method,
+      status: reply.statusCode,
+      outcome: request.errorCode ?? 'ok',
+      duration_ms: Math.round(reply.elapsedTime * 10) / 10
+    }, 'internal api call')
+  })
+
+  await app.register(merchantRoutes, { prefix: '/v1/merchants' })
+  await app.register(onboardingLinkRoutes, { prefix: '/v1/onboarding-links' })
+}

@@ -1,0 +1,96 @@
+// /internal/v1/merchants: access-token lookup, status, list, forced refresh, delete (SPEC §2).
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { MerchantMeta } from '../../../../src/token-store.js'
+import {
+  AccessTokenSchema, ListQuerySchema, MerchantListSchema, MerchantParamsSchema, MerchantStatusSchema,
+  errors, type MerchantStatus
+} from '../../../../src/schemas.js'
+
+const iso = (ms: number): string => new Date(ms).toISOString()
+
+export function toStatus (m: MerchantMeta): MerchantStatus {
+  return {
+    merchant_id: m.merchantId,
+    status: m.status,
+    scope: m.scope,
+    client_status: m.clientStatus,
+    connected_at: iso(m.connectedAt),
+    access_token_expires_at: iso(m.accessTokenExpiresAt),
+    refresh_token_expires_at: iso(m.refreshTokenExpiresAt),
+    last_refreshed_at: m.lastRefreshedAt === null ? null : iso(m.lastRefreshedAt)
+  }
+}
+
+export default async function merchantRoutes (fastify: FastifyInstance): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const tags = ['merchants']
+  const security = [{ bearer: [] }]
+
+  app.get('/:merchantId/access-token', {
+    schema: {
+      tags,
+      security,
+      summary: 'A fresh access token (valid for at least 60 more seconds)',
+      params: MerchantParamsSchema,
+      response: { 200: AccessTokenSchema, ...errors(400, 401, 404, 409, 429, 503) }
+    }
+  }, async (request, reply) => {
+    const token = await app.tokenService.getAccessToken(request.params.merchantId)
+    reply.header('cache-control', 'no-store')
+    return {
+      merchant_id: token.merchantId,
+      access_token: token.accessToken,
+      token_type: token.tokenType,
+      expires_at: iso(token.expiresAt),
+      expires_in: Math.floor((token.expiresAt - app.now()) / 1000),
+      scope: token.scope
+    }
+  })
+
+  app.get('/:merchantId', {
+    schema: {
+      tags,
+      security,
+      summary: 'Connection status (no secrets)',
+      params: MerchantParamsSchema,
+      response: { 200: MerchantStatusSchema, ...errors(400, 401, 404, 503) }
+    }
+  }, async (request) => toStatus(await app.tokenService.getStatus(request.params.merchantId)))
+
+  app.get('/', {
+    schema: {
+      tags,
+      security,
+      summary: 'Connected merchants, paginated with an opaque cursor',
+      querystring: ListQuerySchema,
+      response: { 200: MerchantListSchema, ...errors(400, 401, 503) }
+    }
+  }, async (request) => {
+    const page = await app.tokenService.list(request.query.limit, request.query.cursor)
+    return { items: page.items.map(toStatus), next_cursor: page.nextCursor }
+  })
+
+  app.post('/:merchantId/refresh', {
+    schema: {
+      tags,
+      security,
+      summary: 'Force a refresh now',
+      params: MerchantParamsSchema,
+      response: { 200: MerchantStatusSchema, ...errors(400, 401, 404, 409, 503) }
+    }
+  }, async (request) => toStatus(await app.tokenService.forceRefresh(request.params.merchantId)))
+
+  app.delete('/:merchantId', {
+    schema: {
+      tags,
+      security,
+      summary: 'Forget the merchant: every key of it is deleted',
+      params: MerchantParamsSchema,
+      response: { 204: { type: 'null' }, ...errors(400, 401, 404, 503) }
+    }
+  }, async (request, reply) => {
+    await app.tokenService.delete(request.params.merchantId)
+    return await reply.code(204).send()
+  })
+}

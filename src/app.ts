@@ -1,0 +1,64 @@
+// The application as a plugin: tests register it on a fresh Fastify instance with a Config
+// object; src/server.ts registers it on the real server.
+import { randomUUID } from 'node:crypto'
+import { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import helmet from '@fastify/helmet'
+import formbody from '@fastify/formbody'
+import type { Config } from './config.js'
+import { loggerOptions } from './logger.js'
+import configPlugin from '../plugins/config.js'
+import errorsPlugin from '../plugins/errors.js'
+import redisPlugin from '../plugins/redis.js'
+import cybersourcePlugin from '../plugins/cybersource.js'
+import storesPlugin from '../plugins/stores.js'
+import onboardingPlugin from '../plugins/onboarding.js'
+import tokenServicePlugin from '../plugins/token-service.js'
+import healthRoutes from '../routes/health/index.js'
+import oauthRoutes from '../routes/oauth/index.js'
+import internalRoutes from '../routes/internal/index.js'
+
+export interface AppOptions {
+  config: Config
+  /** The clock (tests move it). */
+  now?: () => number
+}
+
+const CORRELATION_ID = /^[A-Za-z0-9._-]{8,64}$/
+
+/** Options of the Fastify constructor: logger, limits and timeouts, correlation ids. */
+export function serverOptions (config: Config, opts: { pretty?: boolean } = {}): FastifyServerOptions {
+  return {
+    logger: loggerOptions(config.logLevel, opts),
+    // One audit line per internal call is written by the routes; the default two lines per
+    // request are off (they would also log the callback's query string).
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: (req) => {
+      const given = req.headers['x-correlation-id']
+      return typeof given === 'string' && CORRELATION_ID.test(given) ? given : randomUUID()
+    },
+    bodyLimit: 16 * 1024,
+    routerOptions: { maxParamLength: 128 },
+    connectionTimeout: 30_000,
+    requestTimeout: 60_000,
+    keepAliveTimeout: 10_000,
+    return503OnClosing: true,
+    trustProxy: config.trustProxy,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } }
+  }
+}
+
+export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
+  await fastify.register(configPlugin, opts)
+  await fastify.register(errorsPlugin)
+  fastify.addHook('onRequest', async (request, reply) => { reply.header('x-correlation-id', request.id) })
+  await fastify.register(helmet)
+  await fastify.register(formbody)
+  await fastify.register(redisPlugin)
+  await fastify.register(cybersourcePlugin)
+  await fastify.register(storesPlugin)
+  await fastify.register(onboardingPlugin)
+  await fastify.register(tokenServicePlugin)
+  await fastify.register(healthRoutes, { prefix: '/health' })
+  await fastify.register(oauthRoutes, { prefix: '/oauth' })
+  await fastify.register(internalRoutes, { prefix: '/internal' })
+}

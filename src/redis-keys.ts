@@ -1,0 +1,31 @@
+// Every Redis key and channel the service uses, in one place, under REDIS_KEY_PREFIX.
+// Per-merchant keys share the hash tag {merchantId} so multi-key scripts work on Cluster.
+import { createHash } from 'node:crypto'
+
+export interface RedisKeys {
+  prefix: string
+  merchant: (merchantId: string) => string
+  lock: (merchantId: string) => string
+  /** States are stored under their SHA-256, so a Redis dump holds no usable state value. */
+  state: (state: string) => string
+  /** SCAN pattern of merchant records, and the inverse of merchant(). */
+  merchantPattern: string
+  merchantIdOf: (key: string) => string | undefined
+  /** Pub/sub channel announcing record changes (payload: merchant id). */
+  events: string
+  rateLimit: string
+}
+
+export function createRedisKeys (prefix: string): RedisKeys {
+  const merchantHead = `${prefix}merchant:{`
+  return {
+    prefix,
+    merchant: (id) => `${merchantHead}${id}}`,
+    lock: (id) => `${prefix}lock:{${id}}`,
+    state: (state) => `${prefix}state:${createHash('sha256').update(state).digest('base64url')}`,
+    merchantPattern: `${merchantHead}*}`,
+    merchantIdOf: (key) => key.startsWith(merchantHead) && key.endsWith('}') ? key.slice(merchantHead.length, -1) : undefined,
+    events: `${prefix}events`,
+    rateLimit: `${prefix}rate:`
+  }
+}

@@ -1,0 +1,58 @@
+// TypeBox schemas of the internal API: requests, responses and errors. Every status code has a
+// response schema, so nothing a schema does not name (a refresh token) can reach a response.
+import { Type, type Static } from '@sinclair/typebox'
+
+export const MerchantIdSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'CyberSource merchant id' })
+export const MerchantParamsSchema = Type.Object({ merchantId: MerchantIdSchema })
+
+export const ErrorSchema = Type.Object({
+  error: Type.Object({
+    code: Type.String(),
+    message: Type.String(),
+    correlation_id: Type.String()
+  })
+}, { $id: 'Error' })
+
+export const AccessTokenSchema = Type.Object({
+  merchant_id: Type.String(),
+  access_token: Type.String(),
+  token_type: Type.Literal('Bearer'),
+  expires_at: Type.String({ format: 'date-time' }),
+  expires_in: Type.Integer({ description: 'seconds' }),
+  scope: Type.String()
+})
+
+export const MerchantStatusSchema = Type.Object({
+  merchant_id: Type.String(),
+  status: Type.Union([Type.Literal('connected'), Type.Literal('reauthorization_required')]),
+  scope: Type.String(),
+  client_status: Type.String(),
+  connected_at: Type.String({ format: 'date-time' }),
+  access_token_expires_at: Type.String({ format: 'date-time' }),
+  refresh_token_expires_at: Type.String({ format: 'date-time' }),
+  last_refreshed_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+})
+export type MerchantStatus = Static<typeof MerchantStatusSchema>
+
+export const ListQuerySchema = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
+  cursor: Type.Optional(Type.String({ maxLength: 64 }))
+})
+
+export const MerchantListSchema = Type.Object({
+  items: Type.Array(MerchantStatusSchema),
+  next_cursor: Type.Union([Type.String(), Type.Null()])
+})
+
+export const OnboardingLinkBodySchema = Type.Object({
+  merchant_id: Type.Optional(MerchantIdSchema)
+}, { additionalProperties: false })
+
+export const OnboardingLinkSchema = Type.Object({
+  url: Type.String(),
+  expires_at: Type.String({ format: 'date-time' })
+})
+
+/** Error responses by status code, for route schemas. */
+export const errors = (...codes: number[]): Record<number, typeof ErrorSchema> =>
+  Object.fromEntries(codes.map(c => [c, ErrorSchema]))

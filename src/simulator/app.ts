@@ -1,0 +1,480 @@
+// A CyberSource simulator for the partner OAuth flow (cybersource-oauth.md §2-4): the Business
+// Center consent page, POST /oauth2/v3/token, JWT-shaped tokens with a merchant_id claim, optional
+// mutual TLS, and switches for the failures CyberSource produces, in-process and under /__sim/.
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import type { TLSSocket } from 'node:tls'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import formbody from '@fastify/formbody'
+import { Type } from '@sinclair/typebox'
+import { PAGE_HEADERS, consentPage, errorPage } from './html.js'
+
+export const FAULTS = [
+  'none', 'invalid_grant', 'invalid_client', 'error_500_oauth', 'error_500_empty', 'error_502_html',
+  'garbage', 'no_access_token', 'not_jwt', 'no_merchant_id', 'drop'
+] as const
+export type Fault = typeof FAULTS[number]
+export type GrantType = 'authorization_code' | 'refresh_token'
+
+/** What the next token requests experience. Replaced as a whole by setBehavior. */
+export interface Behavior {
+  fault?: Fault
+  /** Wait this long before answering a token request. */
+  delayMs?: number
+  /** How many (matching) token requests the behavior applies to; unlimited when absent. */
+  times?: number
+  /** Only token requests of this grant are affected. */
+  grantType?: GrantType
+}
+
+export interface SimulatorOptions {
+  clientId: string
+  clientSecret: string
+  /** The registered redirect URL; when absent any absolute http(s) URL is accepted. */
+  redirectUrl?: string
+  /** Shown on the consent page ("<partnerName> wants access to your account"). */
+  partnerName?: string
+  defaultMerchantId?: string
+  /** Granted scopes: the `scopes` claim, and space-separated as the response's `scope`. */
+  scopes?: string[]
+  codeTtlSeconds?: number
+  accessTokenTtlSeconds?: number
+  refreshTokenTtlSeconds?: number
+  /** Issue a new refresh token on every refresh and invalidate the old one. */
+  rotateRefreshTokens?: boolean
+  /** HTTP status of OAuth error answers (CyberSource documents 500 for every failure). */
+  oauthErrorStatus?: number
+  /** Size of a padding claim, for realistic (~1.5 KB) tokens. */
+  tokenPadBytes?: number
+  behavior?: Behavior
+  /** Mutual TLS: clients need a certificate signed by `ca`, checked at the handshake. */
+  https?: { key: string | Buffer, cert: string | Buffer, ca: string | Buffer }
+  /** Serve the /__sim/ admin API (default true). */
+  adminApi?: boolean
+  /** Recorded token requests kept (oldest dropped first). */
+  maxRecords?: number
+  logger?: FastifyServerOptions['logger']
+  loggerInstance?: FastifyBaseLogger
+  /** Clock, epoch milliseconds. */
+  now?: () => number
+}
+
+export interface TokenRequestRecord {
+  method: string
+  /** Path without the query string. */
+  path: string
+  /** The request target as received, query string included. */
+  url: string
+  headers: Record<string, string | string[] | undefined>
+  /** Parsed form fields (repeated fields as arrays); empty when the body was not a form. */
+  form: Record<string, string | string[]>
+  clientCertificate: { presented: boolean, subjectCN: string | null }
+  /** Epoch milliseconds. */
+  receivedAt: number
+}
+
+export interface SimulatorStats {
+  /** Successful code exchanges. */
+  exchanges: number
+  /** Successful refreshes. */
+  refreshes: number
+  /** Token requests answered with an error or a fault. */
+  failures: number
+}
+
+export interface SimulatorControl {
+  setBehavior: (behavior: Behavior) => void
+  behavior: () => Behavior
+  /** Clears the behavior, the recorded requests and the stats; issued codes and tokens stay valid. */
+  reset: () => void
+  requests: () => TokenRequestRecord[]
+  stats: () => SimulatorStats
+  /** Mint an authorization code as if the merchant had clicked Allow. */
+  issueCode: (merchantId: string) => string
+  /** Invalidate every refresh token of the merchant; returns how many there were. */
+  revokeRefreshTokens: (merchantId: string) => number
+}
+
+export interface Simulator {
+  /** Not listening yet: call app.listen() or use app.inject(). */
+  app: FastifyInstance
+  control: SimulatorControl
+}
+
+export const AUTHORIZE_PATH = '/ebc2/oauth/authorize'
+export const TOKEN_PATH = '/oauth2/v3/token'
+const CORRELATION_HEADER = 'v-c-client-correlation-id'
+const MERCHANT_ID = /^[A-Za-z0-9_-]{1,64}$/
+const MAX_PARAM_LENGTH = 2048
+const DEFAULT_SCOPES = ['payments_with_standalone_credit', 'transactions', 'invoicing', 'boarding']
+
+const BehaviorSchema = Type.Object({
+  fault: Type.Optional(Type.Union(FAULTS.map(f => Type.Literal(f)))),
+  delayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
+  times: Type.Optional(Type.Integer({ minimum: 1 })),
+  grantType: Type.Optional(Type.Union([Type.Literal('authorization_code'), Type.Literal('refresh_token')]))
+}, { additionalProperties: false })
+const MerchantSchema = Type.Object({ merchant_id: Type.String({ pattern: MERCHANT_ID.source }) })
+
+interface CodeEntry { clientId: string, merchantId: string, expiresAt: number }
+interface RefreshEntry { clientId: string, merchantId: string, expiresAt: number }
+type Fields = Record<string, unknown>
+
+class OAuthError extends Error {
+  constructor (readonly code: string, readonly description: string) { super(description) }
+}
+
+const random = (bytes: number): string => randomBytes(bytes).toString('base64url')
+const b64json = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
+
+function sameSecret (a: string, b: string): boolean {
+  const x = Buffer.from(a)
+  const y = Buffer.from(b)
+  return x.length === y.length && timingSafeEqual(x, y)
+}
+
+/** A single string field; a repeated field counts as absent. */
+function field (fields: Fields, name: string): string | undefined {
+  const v = fields[name]
+  return typeof v === 'string' ? v : undefined
+}
+
+function isHttpUrl (value: string): boolean {
+  try {
+    const u = new URL(value)
+    return u.protocol === 'http:' || u.protocol === 'https:'
+  } catch {
+    return false
+  }
+}
+
+export function buildSimulator (opts: SimulatorOptions): Simulator {
+  const now = opts.now ?? Date.now
+  const scopes = opts.scopes ?? DEFAULT_SCOPES
+  const codeTtlMs = (opts.codeTtlSeconds ?? 600) * 1000
+  const accessTtl = opts.accessTokenTtlSeconds ?? 900
+  const refreshTtl = opts.refreshTokenTtlSeconds ?? 31_536_000
+  const errorStatus = opts.oauthErrorStatus ?? 400
+  const maxRecords = opts.maxRecords ?? 1000
+
+  const codes = new Map<string, CodeEntry>()
+  const refreshTokens = new Map<string, RefreshEntry>()
+  let records: TokenRequestRecord[] = []
+  let stats: SimulatorStats = { exchanges: 0, refreshes: 0, failures: 0 }
+  let behavior: Behavior = {}
+  let remaining = Infinity
+  const pendingDelays = new Set<AbortController>()
+
+  const control: SimulatorControl = {
+    setBehavior (b) {
+      behavior = { ...b }
+      remaining = b.times ?? Infinity
+    },
+    behavior: () => ({ ...behavior }),
+    reset () {
+      control.setBehavior({})
+      records = []
+      stats = { exchanges: 0, refreshes: 0, failures: 0 }
+    },
+    requests: () => records.map(r => structuredClone(r)),
+    stats: () => ({ ...stats }),
+    issueCode: (merchantId) => issueCode(opts.clientId, merchantId),
+    revokeRefreshTokens (merchantId) {
+      let n = 0
+      for (const [token, entry] of refreshTokens) {
+        if (entry.merchantId === merchantId) {
+          refreshTokens.delete(token)
+          n++
+        }
+      }
+      return n
+    }
+  }
+  control.setBehavior(opts.behavior ?? {})
+
+  function issueCode (clientId: string, merchantId: string): string {
+    if (!MERCHANT_ID.test(merchantId)) throw new Error('merchant id must be 1-64 of [A-Za-z0-9_-]')
+    const t = now()
+    for (const [c, e] of codes) if (e.expiresAt <= t) codes.delete(c)
+    const code = random(24)
+    codes.set(code, { clientId, merchantId, expiresAt: t + codeTtlMs })
+    return code
+  }
+
+  function jwt (kind: 'access_token' | 'refresh_token', merchantId: string | undefined, lifetime: number): string {
+    const payload: Record<string, unknown> = {
+      jti: randomUUID(),
+      iat: now(),
+      client_id: opts.clientId,
+      ...(merchantId === undefined ? {} : { merchant_id: merchantId }),
+      scopes,
+      expires_in: lifetime,
+      token_type: kind
+    }
+    if (opts.tokenPadBytes !== undefined && opts.tokenPadBytes > 0) payload.pad = 'x'.repeat(opts.tokenPadBytes)
+    return `${b64json({ kid: 'simulator', alg: 'RS256' })}.${b64json(payload)}.${random(256)}`
+  }
+
+  function tokenResponse (merchantId: string, refreshToken: string, withMerchantClaim: boolean): Record<string, unknown> {
+    return {
+      access_token: jwt('access_token', withMerchantClaim ? merchantId : undefined, accessTtl),
+      token_type: 'Bearer',
+      refresh_token: refreshToken,
+      expires_in: accessTtl,
+      scope: scopes.join(' '),
+      refresh_token_expires_in: refreshTtl,
+      client_status: 'active'
+    }
+  }
+
+  function newRefreshToken (merchantId: string, withMerchantClaim: boolean): string {
+    const token = jwt('refresh_token', withMerchantClaim ? merchantId : undefined, refreshTtl)
+    refreshTokens.set(token, { clientId: opts.clientId, merchantId, expiresAt: now() + refreshTtl * 1000 })
+    return token
+  }
+
+  /** The real token endpoint logic; throws OAuthError. */
+  function grant (fields: Fields, withMerchantClaim: boolean): Record<string, unknown> {
+    const clientId = field(fields, 'client_id')
+    const clientSecret = field(fields, 'client_secret')
+    const grantType = field(fields, 'grant_type')
+    if (clientId === undefined || clientSecret === undefined || grantType === undefined) {
+      throw new OAuthError('invalid_request', 'client_id, client_secret and grant_type are required once each')
+    }
+    if (clientId !== opts.clientId || !sameSecret(clientSecret, opts.clientSecret)) {
+      throw new OAuthError('invalid_client', 'client authentication failed')
+    }
+    if (grantType === 'authorization_code') {
+      const code = field(fields, 'code')
+      if (code === undefined || code === '') throw new OAuthError('invalid_request', 'code is required')
+      const entry = codes.get(code)
+      codes.delete(code) // single use, whatever happens next
+      if (entry === undefined || entry.expiresAt <= now() || entry.clientId !== clientId) {
+        throw new OAuthError('invalid_grant', 'authorization code is invalid, expired or already used')
+      }
+      const body = tokenResponse(entry.merchantId, newRefreshToken(entry.merchantId, withMerchantClaim), withMerchantClaim)
+      stats.exchanges++
+      return body
+    }
+    if (grantType === 'refresh_token') {
+      const token = field(fields, 'refresh_token')
+      if (token === undefined || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
+      const entry = refreshTokens.get(token)
+      if (entry === undefined || entry.expiresAt <= now() || entry.clientId !== clientId) {
+        throw new OAuthError('invalid_grant', 'refresh token is invalid or expired')
+      }
+      let refreshToken = token
+      if (opts.rotateRefreshTokens === true) {
+        refreshTokens.delete(token)
+        refreshToken = newRefreshToken(entry.merchantId, withMerchantClaim)
+      } else {
+        // CyberSource: the refresh token's expiry resets on every successful token request.
+        entry.expiresAt = now() + refreshTtl * 1000
+      }
+      stats.refreshes++
+      return tokenResponse(entry.merchantId, refreshToken, withMerchantClaim)
+    }
+    throw new OAuthError('unsupported_grant_type', 'grant_type must be authorization_code or refresh_token')
+  }
+
+  /** The behavior for this request, consuming one of its `times` when it applies. */
+  function applicable (grantType: string | undefined): Behavior | undefined {
+    if (remaining <= 0) return undefined
+    if ((behavior.fault ?? 'none') === 'none' && (behavior.delayMs ?? 0) === 0) return undefined
+    if (behavior.grantType !== undefined && behavior.grantType !== grantType) return undefined
+    remaining--
+    return behavior
+  }
+
+  function record (request: FastifyRequest, fields: Fields): void {
+    const socket = request.raw.socket as Partial<TLSSocket>
+    const cert = typeof socket.getPeerCertificate === 'function' ? socket.getPeerCertificate() : undefined
+    const presented = cert !== undefined && cert !== null && Object.keys(cert).length > 0
+    const form: Record<string, string | string[]> = {}
+    for (const [k, v] of Object.entries(fields)) {
+      if (typeof v === 'string' || (Array.isArray(v) && v.every(x => typeof x === 'string'))) form[k] = v
+    }
+    records.push({
+      method: request.method,
+      path: request.url.split('?')[0],
+      url: request.url,
+      headers: { ...request.headers },
+      form,
+      clientCertificate: { presented, subjectCN: presented && typeof cert?.subject?.CN === 'string' ? cert.subject.CN : null },
+      receivedAt: now()
+    })
+    if (records.length > maxRecords) records = records.slice(-maxRecords)
+  }
+
+  function oauthError (reply: FastifyReply, status: number, error: string, description: string): FastifyReply {
+    stats.failures++
+    return reply.code(status).header('cache-control', 'no-store').header('pragma', 'no-cache')
+      .type('application/json;charset=UTF-8').send({ error, error_description: description })
+  }
+
+  /** Waits delayMs; false when the client went away or the simulator is closing. */
+  async function delay (request: FastifyRequest, ms: number): Promise<boolean> {
+    const ac = new AbortController()
+    const socket = request.raw.socket
+    const abort = (): void => ac.abort()
+    socket.once('close', abort)
+    pendingDelays.add(ac)
+    try {
+      await sleep(ms, undefined, { signal: ac.signal })
+      return true
+    } catch {
+      return false
+    } finally {
+      pendingDelays.delete(ac)
+      socket.off('close', abort)
+    }
+  }
+
+  const logging = opts.loggerInstance === undefined ? { logger: opts.logger ?? false } : { loggerInstance: opts.loggerInstance }
+  // Typed as a plain FastifyInstance: routes only touch what HTTP and HTTPS servers share.
+  const app = (opts.https === undefined
+    ? Fastify(logging)
+    : Fastify({ ...logging, https: { ...opts.https, requestCert: true, rejectUnauthorized: true } })) as unknown as FastifyInstance
+
+  app.register(formbody)
+  // Any other body is left unparsed so the token endpoint can answer invalid_request itself.
+  app.addContentTypeParser('*', (_req, _payload, done) => { done(null, undefined) })
+  app.addHook('preClose', async () => { for (const ac of pendingDelays) ac.abort() })
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
+    if (request.url.startsWith(TOKEN_PATH)) {
+      return oauthError(reply, status < 500 ? errorStatus : 500, status < 500 ? 'invalid_request' : 'server_error', 'the request could not be processed')
+    }
+    if (request.url.startsWith(AUTHORIZE_PATH)) {
+      return reply.code(status).headers(PAGE_HEADERS).send(errorPage('The request could not be processed.'))
+    }
+    return reply.code(status).send({ error: status < 500 ? err.message : 'internal error' })
+  })
+
+  // --- Business Center consent page -------------------------------------------------------
+
+  const badPage = (reply: FastifyReply, message: string): FastifyReply =>
+    reply.code(400).headers(PAGE_HEADERS).send(errorPage(message))
+
+  /** Checks client_id / redirect_url / state; an error message, or the validated values. */
+  function authorizeParams (fields: Fields): { clientId: string, redirectUrl: string, state: string | undefined } | string {
+    for (const [k, v] of Object.entries(fields)) {
+      if (typeof v !== 'string') return `Parameter ${k} is repeated.`
+      if (v.length > MAX_PARAM_LENGTH) return `Parameter ${k} is too long.`
+    }
+    const clientId = field(fields, 'client_id')
+    const redirectUrl = field(fields, 'redirect_url')
+    if (clientId !== opts.clientId) return 'Unknown client_id.'
+    if (redirectUrl === undefined || !isHttpUrl(redirectUrl)) return 'redirect_url must be an absolute http(s) URL.'
+    if (opts.redirectUrl !== undefined && redirectUrl !== opts.redirectUrl) return 'redirect_url does not match the registered redirect URL.'
+    return { clientId, redirectUrl, state: field(fields, 'state') }
+  }
+
+  app.get(AUTHORIZE_PATH, async (request, reply) => {
+    const query = request.query as Fields
+    if (field(query, 'sub') !== 'oauth') return badPage(reply, 'Parameter sub must be "oauth".')
+    const params = authorizeParams(query)
+    if (typeof params === 'string') return badPage(reply, params)
+    return reply.headers(PAGE_HEADERS).send(consentPage({
+      action: AUTHORIZE_PATH,
+      partnerName: opts.partnerName ?? 'Demo Partner',
+      clientId: params.clientId,
+      redirectUrl: params.redirectUrl,
+      state: params.state,
+      merchantId: opts.defaultMerchantId ?? 'demo_merchant',
+      scopes
+    }))
+  })
+
+  app.post(AUTHORIZE_PATH, async (request, reply) => {
+    const fields = (request.body ?? {}) as Fields
+    const params = authorizeParams(fields)
+    if (typeof params === 'string') return badPage(reply, params)
+    const decision = field(fields, 'decision')
+    if (decision === 'deny') return reply.redirect(params.redirectUrl, 302) // no parameters at all
+    if (decision !== 'allow') return badPage(reply, 'Choose Allow or Deny.')
+    const merchantId = field(fields, 'merchant_id') ?? ''
+    if (!MERCHANT_ID.test(merchantId)) return badPage(reply, 'Merchant ID must be 1-64 letters, digits, "_" or "-".')
+    const target = new URL(params.redirectUrl)
+    target.searchParams.append('code', issueCode(params.clientId, merchantId))
+    if (params.state !== undefined) target.searchParams.append('state', params.state)
+    return reply.redirect(target.href, 302)
+  })
+
+  // --- Token endpoint ---------------------------------------------------------------------
+
+  app.post(TOKEN_PATH, async (request, reply) => {
+    // CyberSource reads a form body only: JSON carrying the same fields is an invalid request.
+    const isForm = /^application\/x-www-form-urlencoded\s*(;|$)/i.test(request.headers['content-type'] ?? '')
+    const fields: Fields = isForm && typeof request.body === 'object' && request.body !== null ? request.body as Fields : {}
+    record(request, fields)
+    const correlationId = request.headers[CORRELATION_HEADER]
+    if (typeof correlationId === 'string') reply.header(CORRELATION_HEADER, correlationId)
+
+    const b = applicable(field(fields, 'grant_type'))
+    if (b?.delayMs !== undefined && b.delayMs > 0 && !(await delay(request, b.delayMs))) {
+      stats.failures++
+      reply.hijack()
+      request.raw.socket.destroy()
+      return
+    }
+    const json = (status: number, body: unknown): FastifyReply => {
+      if (status !== 200) stats.failures++
+      return reply.code(status).type('application/json;charset=UTF-8').header('cache-control', 'no-store').header('pragma', 'no-cache').send(body)
+    }
+    switch (b?.fault ?? 'none') {
+      case 'invalid_grant': return oauthError(reply, errorStatus, 'invalid_grant', 'simulated: the grant is invalid')
+      case 'invalid_client': return oauthError(reply, errorStatus, 'invalid_client', 'simulated: client authentication failed')
+      case 'error_500_oauth': return oauthError(reply, 500, 'server_error', 'simulated: internal error')
+      case 'error_500_empty': stats.failures++; return reply.code(500).send('')
+      case 'error_502_html':
+        stats.failures++
+        return reply.code(502).type('text/html').send('<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>')
+      case 'garbage':
+        stats.failures++
+        return reply.code(200).type('application/json;charset=UTF-8').send('{"access_token": <<not json>>')
+      case 'no_access_token': stats.failures++; return json(200, { token_type: 'Bearer', expires_in: accessTtl, scope: scopes.join(' '), client_status: 'active' })
+      case 'not_jwt':
+        stats.failures++
+        return json(200, { access_token: random(32), token_type: 'Bearer', refresh_token: random(32), expires_in: accessTtl, scope: scopes.join(' '), refresh_token_expires_in: refreshTtl, client_status: 'active' })
+      case 'drop':
+        stats.failures++
+        reply.hijack()
+        request.raw.socket.destroy()
+        return
+    }
+    try {
+      return json(200, grant(fields, b?.fault !== 'no_merchant_id'))
+    } catch (err) {
+      if (!(err instanceof OAuthError)) throw err
+      return oauthError(reply, errorStatus, err.code, err.description)
+    }
+  })
+
+  // --- Admin API (not part of CyberSource) ------------------------------------------------
+
+  if (opts.adminApi ?? true) {
+    app.get('/__sim/behavior', async () => control.behavior())
+    app.post('/__sim/behavior', { schema: { body: BehaviorSchema } }, async (request) => {
+      control.setBehavior(request.body as Behavior)
+      return control.behavior()
+    })
+    app.post('/__sim/reset', async (_request, reply) => {
+      control.reset()
+      return reply.code(204).send()
+    })
+    app.get('/__sim/requests', async () => control.requests())
+    app.get('/__sim/stats', async () => control.stats())
+    app.post('/__sim/codes', { schema: { body: MerchantSchema } }, async (request, reply) => {
+      const { merchant_id: merchantId } = request.body as { merchant_id: string }
+      return reply.code(201).send({ code: control.issueCode(merchantId), expires_in: codeTtlMs / 1000 })
+    })
+    app.post('/__sim/revoke', { schema: { body: MerchantSchema } }, async (request) => {
+      const { merchant_id: merchantId } = request.body as { merchant_id: string }
+      return { revoked: control.revokeRefreshTokens(merchantId) }
+    })
+  }
+
+  return { app, control }
+}

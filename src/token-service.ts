@@ -1,0 +1,336 @@
+// The one place that decides whether an access token is fresh, and the only caller of refresh.
+//
+// Freshness: a token is refreshed in the background once about two thirds of its lifetime have
+// passed (jittered per merchant), and a lookup waits for a refresh only when the token has less
+// than MIN_VALIDITY left. Single flight: one refresh promise per merchant in this process, and a
+// Redis lock (SET NX PX, owner token, Lua compare-and-delete) across replicas; the others wait for
+// the record's version to move (pub/sub, with polling as the fallback) and re-read it.
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Logger } from 'pino'
+import type { RedisClient } from './redis-client.js'
+import type { RedisKeys } from './redis-keys.js'
+import type { MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
+import type { TokenClient } from './cybersource/token-client.js'
+import { isCybsError, type CybsError } from './cybersource/errors.js'
+import { storageCall } from './storage-errors.js'
+import { MerchantNotFoundError, ReauthorizationRequiredError, StorageUnavailableError, UpstreamUnavailableError } from './errors.js'
+
+export const MIN_VALIDITY_MS = 60_000
+const REFRESH_AT_FRACTION = 2 / 3
+const REFRESH_JITTER_FRACTION = 0.1
+/** After CyberSource failed for a merchant, lookups answer at once for this long instead of retrying. */
+const FAILURE_HOLD_MS = 1000
+const POLL_MS = 100
+/** OAuth errors that blame our own credentials, not the merchant's grant. */
+const CLIENT_ERRORS = new Set(['invalid_client', 'unauthorized_client'])
+
+export type LookupOutcome = 'hit' | 'loaded' | 'refreshed' | 'not_found' | 'reauthorization_required' | 'upstream_unavailable' | 'storage_unavailable'
+export type RefreshOutcome = 'ok' | 'rejected' | 'client_rejected' | 'unavailable' | 'protocol' | 'conflict'
+
+/** Hooks for metrics; every member optional. */
+export interface TokenServiceEvents {
+  refresh?: (outcome: RefreshOutcome, seconds: number) => void
+  lockWait?: (seconds: number, outcome: 'updated' | 'acquired' | 'timeout') => void
+}
+
+export interface AccessToken {
+  merchantId: string
+  accessToken: string
+  tokenType: 'Bearer'
+  scope: string
+  expiresAt: number
+}
+
+export interface TokenService {
+  getAccessToken: (merchantId: string) => Promise<AccessToken>
+  forceRefresh: (merchantId: string) => Promise<MerchantMeta>
+  getStatus: (merchantId: string) => Promise<MerchantMeta>
+  list: (limit: number, cursor?: string) => Promise<{ items: MerchantMeta[], nextCursor: string | null }>
+  delete: (merchantId: string) => Promise<void>
+  /** Subscribes to record changes of other replicas (cache invalidation, lock waits). */
+  start: () => Promise<void>
+  /** Waits for refreshes under way (their tokens get stored), then unsubscribes. */
+  close: () => Promise<void>
+}
+
+export interface TokenServiceOptions {
+  redis: RedisClient
+  /** A connection for SUBSCRIBE (a duplicate of `redis`), owned by the service. */
+  subscriber: RedisClient
+  keys: RedisKeys
+  store: TokenStore
+  client: TokenClient
+  log: Pick<Logger, 'info' | 'warn' | 'error'>
+  events?: TokenServiceEvents
+  now?: () => number
+  random?: () => number
+  /** Redis lock TTL; defaults to the token client's worst case plus a margin. */
+  lockTtlMs?: number
+  /** Delays between attempts to store refreshed tokens while Redis blips. */
+  storeRetryDelaysMs?: number[]
+}
+
+interface CacheEntry { record: MerchantRecord, refreshAt: number }
+
+// KEYS[1] lock; ARGV[1] owner
+const RELEASE_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`
+
+export function createTokenService (opts: TokenServiceOptions): TokenService {
+  const { redis, keys, store, client, log } = opts
+  const now = opts.now ?? Date.now
+  const random = opts.random ?? Math.random
+  const events = opts.events ?? {}
+  const lockTtlMs = opts.lockTtlMs ?? client.maxRefreshMs + 5000
+  const storeRetryDelays = opts.storeRetryDelaysMs ?? [100, 250, 500, 1000, 2000, 4000]
+  if (!('cybsReleaseLock' in redis)) redis.defineCommand('cybsReleaseLock', { numberOfKeys: 1, lua: RELEASE_SCRIPT })
+  const releaseLock = (redis as unknown as { cybsReleaseLock: (key: string, owner: string) => Promise<number> }).cybsReleaseLock.bind(redis)
+
+  const cache = new Map<string, CacheEntry>()
+  const inflight = new Map<string, Promise<MerchantRecord>>()
+  const loading = new Map<string, Promise<MerchantRecord | undefined>>()
+  const failedUntil = new Map<string, number>()
+  const waiters = new Map<string, Set<() => void>>()
+  let closing = false
+
+  const refreshAtOf = (r: MerchantRecord): number => {
+    const issuedAt = r.lastRefreshedAt ?? r.connectedAt
+    const lifetime = Math.max(0, r.accessTokenExpiresAt - issuedAt)
+    const fraction = REFRESH_AT_FRACTION + (random() * 2 - 1) * REFRESH_JITTER_FRACTION
+    return Math.min(issuedAt + lifetime * fraction, r.accessTokenExpiresAt - MIN_VALIDITY_MS)
+  }
+  const remember = (r: MerchantRecord): MerchantRecord => {
+    const cached = cache.get(r.merchantId)
+    if (cached === undefined || cached.record.version <= r.version) cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r) })
+    return r
+  }
+  const effectiveStatus = <T extends MerchantMeta>(r: T): T =>
+    r.status === 'connected' && r.refreshTokenExpiresAt <= now() ? { ...r, status: 'reauthorization_required' } : r
+
+  function onChange (message: string): void {
+    const sep = message.lastIndexOf(':')
+    const merchantId = sep < 0 ? message : message.slice(0, sep)
+    const version = sep < 0 ? Infinity : Number(message.slice(sep + 1))
+    const cached = cache.get(merchantId)
+    if (cached !== undefined && !(cached.record.version >= version)) cache.delete(merchantId)
+    for (const wake of waiters.get(merchantId) ?? []) wake()
+  }
+
+  async function load (merchantId: string): Promise<MerchantRecord | undefined> {
+    let p = loading.get(merchantId)
+    if (p === undefined) {
+      p = store.get(merchantId).then(r => r === undefined ? undefined : remember(r)).finally(() => loading.delete(merchantId))
+      loading.set(merchantId, p)
+    }
+    return await p
+  }
+
+  async function storeRefreshed (record: MerchantRecord, expectedVersion: number): Promise<number | undefined> {
+    // CyberSource answered: these tokens exist only in memory until this write lands.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await store.put(record, expectedVersion)
+      } catch (err) {
+        if (!(err instanceof StorageUnavailableError) || attempt >= storeRetryDelays.length) throw err
+        log.warn({ merchant_id: record.merchantId, attempt }, 'storing refreshed tokens failed; retrying')
+        await sleep(storeRetryDelays[attempt])
+      }
+    }
+  }
+
+  async function refreshLocked (merchantId: string, force: boolean, seenVersion: number | undefined): Promise<MerchantRecord> {
+    const current = await store.get(merchantId)
+    if (current === undefined) throw new MerchantNotFoundError()
+    remember(current)
+    if (effectiveStatus(current).status !== 'connected') throw new ReauthorizationRequiredError()
+    // Another replica refreshed while we queued for the lock: its result is ours.
+    if (seenVersion !== undefined && current.version !== seenVersion && (force || current.accessTokenExpiresAt - now() >= MIN_VALIDITY_MS)) return current
+    if (!force && now() < refreshAtOf(current)) return current
+
+    const started = performance.now()
+    const seconds = (): number => (performance.now() - started) / 1000
+    let tokens
+    try {
+      tokens = await client.refresh(current.refreshToken)
+    } catch (err) {
+      if (!isCybsError(err)) throw err
+      return await onRefreshError(err, current, seconds)
+    }
+    const record: MerchantRecord = {
+      ...current,
+      status: 'connected',
+      scope: tokens.scope !== '' ? tokens.scope : current.scope,
+      clientStatus: tokens.clientStatus !== '' ? tokens.clientStatus : current.clientStatus,
+      accessToken: tokens.accessToken,
+      refreshToken: tokens.refreshToken,
+      accessTokenExpiresAt: tokens.accessTokenExpiresAt,
+      refreshTokenExpiresAt: tokens.refreshTokenExpiresAt ?? current.refreshTokenExpiresAt,
+      lastRefreshedAt: now()
+    }
+    const version = await storeRefreshed(record, current.version)
+    if (version === undefined) {
+      // A newer pair was written meanwhile (a new onboarding): it wins, ours is dropped.
+      events.refresh?.('conflict', seconds())
+      const newer = await load(merchantId)
+      if (newer === undefined) throw new MerchantNotFoundError()
+      return newer
+    }
+    events.refresh?.('ok', seconds())
+    log.info({ merchant_id: merchantId, correlation_id: tokens.correlationId, version }, 'access token refreshed')
+    return remember({ ...record, version })
+  }
+
+  async function onRefreshError (err: CybsError, current: MerchantRecord, seconds: () => number): Promise<never> {
+    const merchantId = current.merchantId
+    const fields = { merchant_id: merchantId, correlation_id: err.correlationId, kind: err.kind, oauth_error: err.oauthError, status: err.status }
+    if (err.kind === 'rejected' && !CLIENT_ERRORS.has(err.oauthError ?? '')) {
+      events.refresh?.('rejected', seconds())
+      log.warn(fields, 'refresh token rejected; the merchant must authorize again')
+      const version = await store.markReauthorizationRequired(merchantId, current.version)
+      if (version !== undefined) remember({ ...current, status: 'reauthorization_required', version })
+      throw new ReauthorizationRequiredError()
+    }
+    if (err.kind === 'rejected') {
+      // Our client id, secret or certificate is wrong: an operator problem, not the merchant's.
+      events.refresh?.('client_rejected', seconds())
+      log.error(fields, 'CyberSource rejected the partner credentials (check CYBS_CLIENT_ID, CYBS_CLIENT_SECRET and the client certificate)')
+    } else {
+      events.refresh?.(err.kind, seconds())
+      log.warn(fields, 'refresh failed; CyberSource unavailable')
+    }
+    failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
+    throw new UpstreamUnavailableError()
+  }
+
+  async function waitForChange (merchantId: string, fromVersion: number, deadline: number): Promise<'updated' | 'free' | 'timeout'> {
+    while (now() < deadline) {
+      await new Promise<void>(resolve => {
+        const set = waiters.get(merchantId) ?? new Set()
+        waiters.set(merchantId, set)
+        const wake = (): void => { clearTimeout(timer); set.delete(wake); resolve() }
+        const timer = setTimeout(wake, POLL_MS)
+        set.add(wake)
+      })
+      if (waiters.get(merchantId)?.size === 0) waiters.delete(merchantId)
+      const [version, lockHeld] = await storageCall(async () => await Promise.all([
+        redis.hget(keys.merchant(merchantId), 'version'),
+        redis.exists(keys.lock(merchantId))
+      ]))
+      if (version === null || Number(version) !== fromVersion) return 'updated'
+      if (lockHeld === 0) return 'free'
+    }
+    return 'timeout'
+  }
+
+  /** One refresh across replicas; resolves with the record to serve. */
+  async function refreshAcrossReplicas (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
+    const owner = randomBytes(16).toString('base64url')
+    const lockKey = keys.lock(merchantId)
+    const started = performance.now()
+    const deadline = now() + lockTtlMs + 2000
+    for (;;) {
+      const acquired = await storageCall(async () => await redis.set(lockKey, owner, 'PX', lockTtlMs, 'NX'))
+      if (acquired === 'OK') {
+        if (seen !== undefined && performance.now() - started > 1) events.lockWait?.((performance.now() - started) / 1000, 'acquired')
+        try {
+          return await refreshLocked(merchantId, force, seen?.version)
+        } finally {
+          await storageCall(async () => await releaseLock(lockKey, owner)).catch((err: unknown) => {
+            log.warn({ err, merchant_id: merchantId }, 'could not release the refresh lock; it expires by itself')
+          })
+        }
+      }
+      const base = seen?.version ?? Number(await storageCall(async () => await redis.hget(keys.merchant(merchantId), 'version')) ?? -1)
+      const waited = await waitForChange(merchantId, base, deadline)
+      if (waited === 'updated') {
+        events.lockWait?.((performance.now() - started) / 1000, 'updated')
+        const fresh = await load(merchantId)
+        if (fresh === undefined) throw new MerchantNotFoundError()
+        return fresh
+      }
+      if (waited === 'timeout') {
+        events.lockWait?.((performance.now() - started) / 1000, 'timeout')
+        throw new UpstreamUnavailableError()
+      }
+      // The holder finished without a new version (it failed, or it died and its lock expired): try again.
+      if (seen === undefined) seen = await load(merchantId)
+    }
+  }
+
+  function refreshOnce (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
+    let p = inflight.get(merchantId)
+    if (p === undefined) {
+      p = refreshAcrossReplicas(merchantId, force, seen).finally(() => inflight.delete(merchantId))
+      inflight.set(merchantId, p)
+    }
+    return p
+  }
+
+  const toAccessToken = (r: MerchantRecord): AccessToken => ({
+    merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer', scope: r.scope, expiresAt: r.accessTokenExpiresAt
+  })
+
+  return {
+    async getAccessToken (merchantId) {
+      const entry = cache.get(merchantId)
+      const t = now()
+      // Hot path: no Redis, no decryption.
+      if (entry !== undefined && entry.record.status === 'connected' && t < entry.refreshAt) return toAccessToken(entry.record)
+
+      const record = entry?.record ?? await load(merchantId)
+      if (record === undefined) throw new MerchantNotFoundError()
+      if (effectiveStatus(record).status !== 'connected') throw new ReauthorizationRequiredError()
+      const stillValid = record.accessTokenExpiresAt - t >= MIN_VALIDITY_MS
+      if (t < refreshAtOf(record) && stillValid) return toAccessToken(record)
+      if ((failedUntil.get(merchantId) ?? 0) > t) {
+        if (stillValid) return toAccessToken(record)
+        throw new UpstreamUnavailableError()
+      }
+      if (stillValid) {
+        // Ahead of expiry: refresh in the background, serve the current token now.
+        if (!closing) {
+          refreshOnce(merchantId, false, record).catch((err: unknown) => {
+            if (!(err instanceof UpstreamUnavailableError || err instanceof ReauthorizationRequiredError)) log.warn({ err, merchant_id: merchantId }, 'background refresh failed')
+          })
+        }
+        return toAccessToken(record)
+      }
+      return toAccessToken(await refreshOnce(merchantId, false, record))
+    },
+
+    async forceRefresh (merchantId) {
+      const seen = await load(merchantId)
+      if (seen === undefined) throw new MerchantNotFoundError()
+      return effectiveStatus(await refreshOnce(merchantId, true, seen))
+    },
+
+    async getStatus (merchantId) {
+      const meta = await store.getMeta(merchantId)
+      if (meta === undefined) throw new MerchantNotFoundError()
+      return effectiveStatus(meta)
+    },
+
+    async list (limit, cursor) {
+      const page = await store.list(limit, cursor)
+      return { items: page.items.map(effectiveStatus), nextCursor: page.nextCursor }
+    },
+
+    async delete (merchantId) {
+      cache.delete(merchantId)
+      if (!await store.delete(merchantId)) throw new MerchantNotFoundError()
+    },
+
+    async start () {
+      opts.subscriber.on('message', (channel: string, message: string) => { if (channel === keys.events) onChange(message) })
+      await opts.subscriber.subscribe(keys.events)
+    },
+
+    async close () {
+      closing = true
+      await Promise.allSettled([...inflight.values()])
+      opts.subscriber.disconnect()
+    }
+  }
+}

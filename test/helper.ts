@@ -1,0 +1,112 @@
+// build(t, …): the app registered on a fresh Fastify instance, against a private redis-server and
+// the simulator over real HTTP, with every log line captured for assertions.
+import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import pino from 'pino'
+import { loadConfig, type Config } from '../src/config.js'
+import app, { serverOptions } from '../src/app.js'
+import { buildSimulator, type Simulator, type SimulatorOptions } from '../src/simulator/app.js'
+import { startRedis, type TestRedis } from './helpers/redis.js'
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+export const CLIENT_ID = 'test-partner-client'
+
+/** Fresh secrets per call, so a test can search the logs and Redis for them. */
+export function secrets (): { clientSecret: string, encryptionKey: string, apiSecret: string, otherApiSecret: string } {
+  return {
+    clientSecret: `cs-${randomBytes(18).toString('base64url')}`,
+    encryptionKey: randomBytes(32).toString('base64'),
+    apiSecret: `payments-${randomBytes(24).toString('base64url')}`,
+    otherApiSecret: `reports-${randomBytes(24).toString('base64url')}`
+  }
+}
+
+export interface LogCapture {
+  stream: Writable
+  text: () => string
+  lines: () => Array<Record<string, unknown>>
+}
+
+export function captureLogs (): LogCapture {
+  const chunks: string[] = []
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, cb) { chunks.push(chunk.toString()); cb() }
+  })
+  return {
+    stream,
+    text: () => chunks.join(''),
+    lines: () => chunks.join('').split('\n').filter(l => l !== '').map(l => JSON.parse(l) as Record<string, unknown>)
+  }
+}
+
+export async function startSimulator (t: Teardown, opts: Partial<SimulatorOptions> & { clientSecret: string }): Promise<Simulator & { url: string }> {
+  const sim = buildSimulator({ clientId: CLIENT_ID, ...opts })
+  await sim.app.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(async () => await sim.app.close())
+  const { port } = sim.app.server.address() as { port: number }
+  return { ...sim, url: `${opts.https === undefined ? 'http' : 'https'}://127.0.0.1:${port}` }
+}
+
+export interface BuildOptions {
+  /** Extra or overriding environment variables. */
+  env?: Record<string, string>
+  redis?: TestRedis
+  simulator?: Simulator & { url: string }
+  simulatorOptions?: Partial<SimulatorOptions>
+  secrets?: ReturnType<typeof secrets>
+  now?: () => number
+}
+
+export interface Built {
+  app: FastifyInstance
+  config: Config
+  redis: TestRedis
+  sim: Simulator & { url: string }
+  secrets: ReturnType<typeof secrets>
+  logs: LogCapture
+  /** Authorization header of the configured internal API caller `payments`. */
+  auth: { authorization: string }
+}
+
+export function envFor (s: ReturnType<typeof secrets>, redisUrl: string, simUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    CYBS_ENVIRONMENT: 'simulator',
+    CYBS_CLIENT_ID: CLIENT_ID,
+    CYBS_CLIENT_SECRET: s.clientSecret,
+    CYBS_AUTHORIZE_URL: `${simUrl}/ebc2/oauth/authorize`,
+    CYBS_TOKEN_URL: `${simUrl}/oauth2/v3/token`,
+    CYBS_TIMEOUT_MS: '2000',
+    REDIS_URL: redisUrl,
+    TOKEN_ENCRYPTION_KEYS: `k1:${s.encryptionKey}`,
+    INTERNAL_API_KEYS: `payments:${s.apiSecret},reports:${s.otherApiSecret}`,
+    LOG_LEVEL: 'info',
+    ...extra
+  }
+}
+
+export async function build (t: Teardown, opts: BuildOptions = {}): Promise<Built> {
+  const s = opts.secrets ?? secrets()
+  const redis = opts.redis ?? await startRedis(t)
+  const sim = opts.simulator ?? await startSimulator(t, { clientSecret: s.clientSecret, ...opts.simulatorOptions })
+  const config = loadConfig(envFor(s, redis.url, sim.url, opts.env))
+  const logs = captureLogs()
+  const { logger: _logger, ...options } = serverOptions(config)
+  const loggerOpts = serverOptions(config).logger as pino.LoggerOptions
+  const instance = Fastify({ ...options, loggerInstance: pino(loggerOpts, logs.stream) as FastifyBaseLogger })
+  await instance.register(app, { config, now: opts.now })
+  await instance.ready()
+  t.teardown(async () => await instance.close())
+  return { app: instance, config, redis, sim, secrets: s, logs, auth: { authorization: `Bearer ${s.apiSecret}` } }
+}
+
+/** Runs the onboarding as the browser would (connect → simulator Allow → callback); returns the callback response. */
+export async function onboard (b: Built, merchantId: string, connectQuery = ''): Promise<{ statusCode: number, body: string, headers: Record<string, unknown> }> {
+  const connect = await b.app.inject({ method: 'GET', url: `/oauth/connect${connectQuery}` })
+  const authorize = new URL(String(connect.headers.location))
+  const state = authorize.searchParams.get('state') ?? ''
+  const code = b.sim.control.issueCode(merchantId)
+  const res = await b.app.inject({ method: 'GET', url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
+  return { statusCode: res.statusCode, body: res.body, headers: res.headers }
+}

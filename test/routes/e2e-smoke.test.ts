@@ -1,0 +1,26 @@
+import t from 'tap'
+import { build, onboard } from '../helper.js'
+
+t.test('onboard then look up', async t => {
+  const b = await build(t)
+  const res = await onboard(b, 'm_1')
+  t.equal(res.statusCode, 200, res.body)
+  const tok = await b.app.inject({ url: '/internal/v1/merchants/m_1/access-token', headers: b.auth })
+  t.equal(tok.statusCode, 200, tok.body)
+  t.match(tok.json(), { merchant_id: 'm_1', token_type: 'Bearer' })
+  const st = await b.app.inject({ url: '/internal/v1/merchants/m_1', headers: b.auth })
+  t.equal(st.statusCode, 200, st.body)
+  const list = await b.app.inject({ url: '/internal/v1/merchants', headers: b.auth })
+  t.equal(list.statusCode, 200, list.body)
+  t.equal(list.json().items.length, 1)
+  const rf = await b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_1/refresh', headers: b.auth })
+  t.equal(rf.statusCode, 200, rf.body)
+  t.equal(b.sim.control.stats().refreshes, 1)
+  const del = await b.app.inject({ method: 'DELETE', url: '/internal/v1/merchants/m_1', headers: b.auth })
+  t.equal(del.statusCode, 204, del.body)
+  const gone = await b.app.inject({ url: '/internal/v1/merchants/m_1/access-token', headers: b.auth })
+  t.equal(gone.statusCode, 404, gone.body)
+  const noauth = await b.app.inject({ url: '/internal/v1/merchants/m_1/access-token' })
+  t.equal(noauth.statusCode, 401)
+  console.error(b.logs.text())
+})
