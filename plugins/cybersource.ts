@@ -17,8 +17,9 @@ export default fp(async (app) => {
     timeoutMs: cybs.timeoutMs,
     tls: cybs.tls,
     log: app.log.child({ component: 'cybersource' }),
-    now: app.now
+    now: app.now,
+    observe: (grantType, outcome, seconds) => app.metrics.upstreamDuration.observe({ grant_type: grantType, outcome }, seconds)
   })
   app.decorate('tokenClient', client)
   app.addHook('onClose', async () => { await client.close() })
-}, { name: 'cybersource', dependencies: ['config'] })
+}, { name: 'cybersource', dependencies: ['config', 'metrics'] })

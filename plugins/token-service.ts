@@ -21,10 +21,20 @@ export default fp(async (app) => {
     store: app.tokenStore,
     client: app.tokenClient,
     log: app.log.child({ component: 'token-service' }),
-    now: app.now
+    now: app.now,
+    events: {
+      refresh: (outcome, seconds) => {
+        app.metrics.refreshes.inc({ outcome })
+        app.metrics.refreshDuration.observe({ outcome }, seconds)
+      },
+      lockWait: (seconds, outcome) => {
+        app.metrics.lockWaits.inc({ outcome })
+        app.metrics.lockWaitDuration.observe({ outcome }, seconds)
+      }
+    }
   })
   app.decorate('tokenService', service)
   // Started without waiting: a Redis that is down at boot must not block the service.
   service.start().catch((err: unknown) => app.log.warn({ err }, 'token change subscription failed; relying on polling'))
   app.addHook('preClose', async () => { await service.close() })
-}, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource'] })
+}, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource', 'metrics'] })

@@ -4,11 +4,14 @@ import { randomUUID } from 'node:crypto'
 import { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import helmet from '@fastify/helmet'
 import formbody from '@fastify/formbody'
+import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { loggerOptions } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
+import metricsPlugin from '../plugins/metrics.js'
 import redisPlugin from '../plugins/redis.js'
+import { registerBrowserRateLimit } from '../plugins/rate-limit.js'
 import cybersourcePlugin from '../plugins/cybersource.js'
 import storesPlugin from '../plugins/stores.js'
 import onboardingPlugin from '../plugins/onboarding.js'
@@ -16,6 +19,8 @@ import tokenServicePlugin from '../plugins/token-service.js'
 import healthRoutes from '../routes/health/index.js'
 import oauthRoutes from '../routes/oauth/index.js'
 import internalRoutes from '../routes/internal/index.js'
+import metricsRoutes from '../routes/metrics/index.js'
+import docsRoutes from '../routes/docs/index.js'
 
 export interface AppOptions {
   config: Config
@@ -53,12 +58,28 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   fastify.addHook('onRequest', async (request, reply) => { reply.header('x-correlation-id', request.id) })
   await fastify.register(helmet)
   await fastify.register(formbody)
+  await fastify.register(metricsPlugin)
   await fastify.register(redisPlugin)
   await fastify.register(cybersourcePlugin)
   await fastify.register(storesPlugin)
   await fastify.register(onboardingPlugin)
   await fastify.register(tokenServicePlugin)
+  if (opts.config.internalApiDocs) {
+    // Only tagged routes (the internal API) are documented.
+    await fastify.register(swagger, {
+      hideUntagged: true,
+      openapi: {
+        info: { title: 'cybs-oauth-broker internal API', version: '1' },
+        components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } }
+      }
+    })
+  }
   await fastify.register(healthRoutes, { prefix: '/health' })
-  await fastify.register(oauthRoutes, { prefix: '/oauth' })
+  await fastify.register(async (scope) => {
+    await registerBrowserRateLimit(scope)
+    await scope.register(oauthRoutes)
+  }, { prefix: '/oauth' })
   await fastify.register(internalRoutes, { prefix: '/internal' })
+  await fastify.register(metricsRoutes, { prefix: '/metrics' })
+  if (opts.config.internalApiDocs) await fastify.register(docsRoutes, { prefix: '/docs' })
 }

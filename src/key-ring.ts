@@ -21,6 +21,7 @@ export class KeyRingError extends Error {
 }
 
 const VERSION = 'v1'
+const TAG_BYTES = 16
 const aad = (merchantId: string, field: string): Buffer => Buffer.from(`${VERSION}\n${merchantId}\n${field}`, 'utf8')
 
 export function createKeyRing (keys: EncryptionKey[]): KeyRing {
@@ -40,7 +41,8 @@ export function createKeyRing (keys: EncryptionKey[]): KeyRing {
       const key = byKid.get(kid)
       if (version !== VERSION || key === undefined || tag === undefined) throw new KeyRingError(`cannot decrypt ${field}: unknown format or key id`)
       try {
-        const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'))
+        // A fixed tag length: without it GCM accepts a truncated tag (down to 4 bytes).
+        const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'), { authTagLength: TAG_BYTES })
         decipher.setAAD(aad(merchantId, field))
         decipher.setAuthTag(Buffer.from(tag, 'base64url'))
         return Buffer.concat([decipher.update(Buffer.from(ct, 'base64url')), decipher.final()]).toString('utf8')

@@ -11,7 +11,7 @@ import type { Logger } from 'pino'
 import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import type { MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
-import type { TokenClient } from './cybersource/token-client.js'
+import { TRANSIENT_OAUTH_ERRORS, type TokenClient } from './cybersource/token-client.js'
 import { isCybsError, type CybsError } from './cybersource/errors.js'
 import { storageCall } from './storage-errors.js'
 import { MerchantNotFoundError, ReauthorizationRequiredError, StorageUnavailableError, UpstreamUnavailableError } from './errors.js'
@@ -48,6 +48,8 @@ export interface TokenService {
   getStatus: (merchantId: string) => Promise<MerchantMeta>
   list: (limit: number, cursor?: string) => Promise<{ items: MerchantMeta[], nextCursor: string | null }>
   delete: (merchantId: string) => Promise<void>
+  /** Counts stored merchants by status (a full SCAN: for metrics, not the request path). */
+  countByStatus: () => Promise<Record<MerchantMeta['status'], number>>
   /** Subscribes to record changes of other replicas (cache invalidation, lock waits). */
   start: () => Promise<void>
   /** Waits for refreshes under way (their tokens get stored), then unsubscribes. */
@@ -185,19 +187,20 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   async function onRefreshError (err: CybsError, current: MerchantRecord, seconds: () => number): Promise<never> {
     const merchantId = current.merchantId
     const fields = { merchant_id: merchantId, correlation_id: err.correlationId, kind: err.kind, oauth_error: err.oauthError, status: err.status }
-    if (err.kind === 'rejected' && !CLIENT_ERRORS.has(err.oauthError ?? '')) {
+    const transient = err.kind === 'rejected' && TRANSIENT_OAUTH_ERRORS.has(err.oauthError ?? '')
+    if (err.kind === 'rejected' && !transient && !CLIENT_ERRORS.has(err.oauthError ?? '')) {
       events.refresh?.('rejected', seconds())
       log.warn(fields, 'refresh token rejected; the merchant must authorize again')
       const version = await store.markReauthorizationRequired(merchantId, current.version)
       if (version !== undefined) remember({ ...current, status: 'reauthorization_required', version })
       throw new ReauthorizationRequiredError()
     }
-    if (err.kind === 'rejected') {
+    if (err.kind === 'rejected' && !transient) {
       // Our client id, secret or certificate is wrong: an operator problem, not the merchant's.
       events.refresh?.('client_rejected', seconds())
       log.error(fields, 'CyberSource rejected the partner credentials (check CYBS_CLIENT_ID, CYBS_CLIENT_SECRET and the client certificate)')
     } else {
-      events.refresh?.(err.kind, seconds())
+      events.refresh?.(transient ? 'unavailable' : err.kind, seconds())
       log.warn(fields, 'refresh failed; CyberSource unavailable')
     }
     failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
@@ -279,7 +282,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       // Hot path: no Redis, no decryption.
       if (entry !== undefined && entry.record.status === 'connected' && t < entry.refreshAt) return toAccessToken(entry.record)
 
-      const record = entry?.record ?? await load(merchantId)
+      // A cached merchant that cannot be served is re-read: a new onboarding must lift a
+      // reauthorization even when its change message was lost (subscriber reconnecting).
+      const record = entry !== undefined && effectiveStatus(entry.record).status === 'connected' ? entry.record : await load(merchantId)
       if (record === undefined) throw new MerchantNotFoundError()
       if (effectiveStatus(record).status !== 'connected') throw new ReauthorizationRequiredError()
       const stillValid = record.accessTokenExpiresAt - t >= MIN_VALIDITY_MS
@@ -320,6 +325,17 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     async delete (merchantId) {
       cache.delete(merchantId)
       if (!await store.delete(merchantId)) throw new MerchantNotFoundError()
+    },
+
+    async countByStatus () {
+      const counts = { connected: 0, reauthorization_required: 0 }
+      let cursor: string | undefined
+      do {
+        const page = await store.list(500, cursor)
+        for (const m of page.items) counts[effectiveStatus(m).status]++
+        cursor = page.nextCursor ?? undefined
+      } while (cursor !== undefined)
+      return counts
     },
 
     async start () {

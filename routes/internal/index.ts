@@ -24,7 +24,10 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
   })
 
   app.addHook('onResponse', async (request, reply) => {
-    const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId
+    // The merchant id is a path parameter, except for onboarding links (body).
+    const bodyMerchantId = (request.body as { merchant_id?: unknown } | undefined)?.merchant_id
+    const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId ??
+      (typeof bodyMerchantId === 'string' ? bodyMerchantId : undefined)
     request.log.info({
       merchant_id: merchantId,
       route: request.routeOptions.url,

@@ -5,7 +5,7 @@ import { rootCertificates } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
 import type { Logger } from 'pino'
-import { CybsError } from './errors.js'
+import { CybsError, type CybsErrorKind } from './errors.js'
 import { decodeJwtPayload } from './jwt.js'
 import { ID_PATTERN } from '../config.js'
 
@@ -22,6 +22,8 @@ export interface TokenClientOptions {
   backoffBaseMs?: number
   backoffMaxMs?: number
   now?: () => number
+  /** Called after every HTTP attempt, for metrics. */
+  observe?: (grantType: string, outcome: 'ok' | CybsErrorKind, seconds: number) => void
 }
 
 export interface TokenSet {
@@ -53,6 +55,9 @@ const DEFAULT_ACCESS_LIFETIME_S = 15 * 60
 const DEFAULT_REFRESH_LIFETIME_S = 365 * 24 * 3600
 // Failures that happen before a byte of the request left: safe to retry even for a code.
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'])
+
+/** OAuth errors that say CyberSource itself failed (RFC 6749 §5.2 / §4.1.2.1), not the grant. */
+export const TRANSIENT_OAUTH_ERRORS = new Set(['server_error', 'temporarily_unavailable'])
 
 type Grant = { grant_type: 'authorization_code', code: string } | { grant_type: 'refresh_token', refresh_token: string }
 
@@ -98,7 +103,9 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
       status = res.statusCode
       text = await readLimited(res.body)
     } catch (err) {
-      const code = (err as { code?: string }).code ?? (err as Error).name
+      // A timeout is a DOMException whose legacy `code` is a number (23): use its name then.
+      const raw = (err as { code?: unknown }).code
+      const code = typeof raw === 'string' ? raw : (err as Error).name
       const e = new CybsError('unavailable', `token request failed: ${code}`, correlationId)
       ;(e as CybsError & { notSent: boolean }).notSent = NOT_SENT.has(code)
       throw e
@@ -158,11 +165,16 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
       const started = performance.now()
       try {
         const set = await post(grant, correlationId)
+        opts.observe?.(grant.grant_type, 'ok', (performance.now() - started) / 1000)
         opts.log.info({ grant_type: grant.grant_type, correlation_id: correlationId, attempt, duration_ms: Math.round(performance.now() - started), outcome: 'ok' }, 'cybersource token request')
         return set
       } catch (err) {
         const e = err as CybsError & { notSent?: boolean }
-        const retryable = e.kind === 'unavailable' && attempt < maxAttempts && (grant.grant_type === 'refresh_token' || e.notSent === true)
+        opts.observe?.(grant.grant_type, e.kind, (performance.now() - started) / 1000)
+        // A refresh is retried when CyberSource is unavailable or says so itself (server_error,
+        // temporarily_unavailable); a code only when the request never left (a code is single-use).
+        const transient = e.kind === 'unavailable' || (e.kind === 'rejected' && TRANSIENT_OAUTH_ERRORS.has(e.oauthError ?? ''))
+        const retryable = transient && attempt < maxAttempts && (grant.grant_type === 'refresh_token' || e.notSent === true)
         opts.log.warn({ grant_type: grant.grant_type, correlation_id: correlationId, attempt, duration_ms: Math.round(performance.now() - started), outcome: e.kind, status: e.status, oauth_error: e.oauthError, reason: e.message, retrying: retryable }, 'cybersource token request failed')
         if (!retryable) throw e
         // Full jitter, bounded: spreads retries of many merchants after an outage.

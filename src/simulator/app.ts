@@ -330,11 +330,15 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
     }
   }
 
-  const logging = opts.loggerInstance === undefined ? { logger: opts.logger ?? false } : { loggerInstance: opts.loggerInstance }
+  // forceCloseConnections: close() ends keep-alive and half-open client connections at once.
+  const base = {
+    forceCloseConnections: true,
+    ...(opts.loggerInstance === undefined ? { logger: opts.logger ?? false } : { loggerInstance: opts.loggerInstance })
+  }
   // Typed as a plain FastifyInstance: routes only touch what HTTP and HTTPS servers share.
   const app = (opts.https === undefined
-    ? Fastify(logging)
-    : Fastify({ ...logging, https: { ...opts.https, requestCert: true, rejectUnauthorized: true } })) as unknown as FastifyInstance
+    ? Fastify(base)
+    : Fastify({ ...base, https: { ...opts.https, requestCert: true, rejectUnauthorized: true } })) as unknown as FastifyInstance
 
   app.register(formbody)
   // Any other body is left unparsed so the token endpoint can answer invalid_request itself.

@@ -1,36 +1,11 @@
 // Private redis-server processes for tests: one per caller, on a free loopback port, no persistence.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer, connect } from 'node:net'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { freePort, waitForPort } from '../../src/net-utils.js'
 
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-async function waitForPort (port: number, up: boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const open = await new Promise<boolean>(resolve => {
-      const s = connect(port, '127.0.0.1')
-      s.once('connect', () => { s.destroy(); resolve(true) })
-      s.once('error', () => resolve(false))
-    })
-    if (open === up) return
-    await sleep(25)
-  }
-  throw new Error(`redis on port ${port} did not come ${up ? 'up' : 'down'}`)
-}
+export { freePort }
 
 export interface TestRedis {
   port: number

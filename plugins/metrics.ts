@@ -1,0 +1,62 @@
+// Decorates `metrics`: a prom-client registry of its own per app instance (tests build several in
+// one process) with the service's counters and histograms plus the default process metrics.
+// Labels never carry a merchant id or a secret.
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+export interface Metrics {
+  registry: Registry
+  lookups: Counter<'outcome'>
+  refreshes: Counter<'outcome'>
+  refreshDuration: Histogram<'outcome'>
+  lockWaits: Counter<'outcome'>
+  lockWaitDuration: Histogram<'outcome'>
+  callbacks: Counter<'outcome'>
+  upstreamDuration: Histogram<'grant_type' | 'outcome'>
+  merchants: Gauge<'status'>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Metrics
+  }
+}
+
+const MERCHANT_GAUGE_TTL_MS = 30_000
+
+export default fp(async (app) => {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const registers = [registry]
+  const latency = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+  // Counting merchants needs a SCAN of the key space: done at most every 30 s, on scrape.
+  let counted: { at: number, counts: Record<string, number> } | undefined
+  const metrics: Metrics = {
+    registry,
+    lookups: new Counter({ name: 'cybs_token_lookups_total', help: 'Access-token lookups by outcome', labelNames: ['outcome'], registers }),
+    refreshes: new Counter({ name: 'cybs_token_refreshes_total', help: 'Token refreshes by outcome', labelNames: ['outcome'], registers }),
+    refreshDuration: new Histogram({ name: 'cybs_token_refresh_duration_seconds', help: 'Time of a refresh, CyberSource call and retries included', labelNames: ['outcome'], buckets: latency, registers }),
+    lockWaits: new Counter({ name: 'cybs_refresh_lock_waits_total', help: 'Lookups that waited on another replica\'s refresh, by outcome', labelNames: ['outcome'], registers }),
+    lockWaitDuration: new Histogram({ name: 'cybs_refresh_lock_wait_seconds', help: 'Time spent waiting on another replica\'s refresh', labelNames: ['outcome'], buckets: latency, registers }),
+    callbacks: new Counter({ name: 'cybs_oauth_callbacks_total', help: 'OAuth callbacks by outcome', labelNames: ['outcome'], registers }),
+    upstreamDuration: new Histogram({ name: 'cybs_upstream_request_duration_seconds', help: 'CyberSource token requests by grant type and outcome', labelNames: ['grant_type', 'outcome'], buckets: latency, registers }),
+    merchants: new Gauge({
+      name: 'cybs_merchants',
+      help: 'Stored merchants by status (refreshed at most every 30 s)',
+      labelNames: ['status'],
+      registers,
+      async collect () {
+        if (counted === undefined || app.now() - counted.at > MERCHANT_GAUGE_TTL_MS) {
+          try {
+            counted = { at: app.now(), counts: await app.tokenService.countByStatus() }
+          } catch {
+            return // Redis away: keep the last values
+          }
+        }
+        for (const [status, n] of Object.entries(counted.counts)) this.set({ status }, n)
+      }
+    })
+  }
+  app.decorate('metrics', metrics)
+}, { name: 'metrics', dependencies: ['config'] })

@@ -1,0 +1,392 @@
+import t, { type Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ConfigError, loadConfig, type Config } from '../../src/config.js'
+
+type Env = Record<string, string | undefined>
+
+// Secret values are random per run and distinctive, so a leak cannot be a coincidence.
+const KEY_A = randomBytes(32).toString('base64')
+const KEY_B = randomBytes(32).toString('base64')
+const CLIENT_SECRET = `client-secret-${randomBytes(12).toString('hex')}`
+const API_SECRET_1 = `api-secret-one-${randomBytes(16).toString('hex')}`
+const API_SECRET_2 = `api-secret-two-${randomBytes(16).toString('hex')}`
+const PASSPHRASE = `passphrase-${randomBytes(8).toString('hex')}`
+const REDIS_PASSWORD = 'hunter2hunter2'
+
+/** The required variables only: everything else takes its default. */
+function minimal (): Env {
+  return {
+    CYBS_ENVIRONMENT: 'simulator',
+    CYBS_CLIENT_ID: 'partner-app',
+    CYBS_CLIENT_SECRET: CLIENT_SECRET,
+    TOKEN_ENCRYPTION_KEYS: `k2:${KEY_A},k1:${KEY_B}`,
+    INTERNAL_API_KEYS: `portal:${API_SECRET_1},billing:${API_SECRET_2}`
+  }
+}
+
+/** A valid simulator env in which every kind of secret is present (failure cases start here). */
+function base (overrides: Env = {}): Env {
+  return {
+    ...minimal(),
+    REDIS_URL: `redis://:${REDIS_PASSWORD}@redis.internal:6379`,
+    CYBS_CLIENT_KEY_PASSPHRASE: PASSPHRASE,
+    ...overrides
+  }
+}
+
+/** Every secret value an env carries, taken from the variables SPEC §1 calls secret. */
+function secretsOf (env: Env): string[] {
+  const secrets = [CLIENT_SECRET, KEY_A, KEY_B, API_SECRET_1, API_SECRET_2, PASSPHRASE, REDIS_PASSWORD]
+  const after = (item: string): string => item.includes(':') ? item.slice(item.indexOf(':') + 1) : item
+  for (const name of ['CYBS_CLIENT_SECRET', 'CYBS_CLIENT_KEY_PASSPHRASE']) {
+    if (env[name] !== undefined) secrets.push(env[name])
+  }
+  for (const name of ['TOKEN_ENCRYPTION_KEYS', 'INTERNAL_API_KEYS']) {
+    for (const item of (env[name] ?? '').split(',')) secrets.push(after(item).trim())
+  }
+  const password = /^[a-z]+:\/\/[^@/]*:([^@/]+)@/.exec(env.REDIS_URL ?? '')?.[1]
+  if (password !== undefined) secrets.push(password)
+  // Fragments shorter than 8 characters would match ordinary words; no test secret is that short.
+  return [...new Set(secrets.filter(s => s.length >= 8))]
+}
+
+/**
+ * loadConfig(env) must throw a ConfigError; its lines must not contain a secret.
+ * Returns the problem lines.
+ */
+function fails (t: Test, env: Env): string[] {
+  let err: unknown
+  try {
+    loadConfig(env)
+  } catch (e) {
+    err = e
+  }
+  if (!(err instanceof ConfigError)) {
+    t.fail('expected a ConfigError', { got: err })
+    return []
+  }
+  t.ok(err.problems.length > 0, 'at least one problem')
+  t.equal(err.message, `invalid configuration:\n${err.problems.join('\n')}`, 'the message lists the problems')
+  const secrets = secretsOf(env)
+  const leaked = secrets.filter(s => err.message.includes(s) || err.problems.some(p => p.includes(s)))
+  t.same(leaked, [], 'no secret value in message or problems')
+  return err.problems
+}
+
+/** One failure about exactly one variable: one line, starting with its name. */
+function failsOn (t: Test, env: Env, name: string): string {
+  const problems = fails(t, env)
+  t.equal(problems.length, 1, `one problem: ${problems.join(' | ')}`)
+  t.match(problems[0], new RegExp(`^${name}: `), `the line names ${name}`)
+  return problems[0] ?? ''
+}
+
+function names (problems: string[]): string[] {
+  return problems.map(p => p.slice(0, p.indexOf(':'))).sort()
+}
+
+// PEM material is generated per run with the openssl CLI and removed afterwards.
+const dir = mkdtempSync(join(tmpdir(), 'cybs-config-test-'))
+t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+const CERT = join(dir, 'client-cert.pem')
+const KEY = join(dir, 'client-key.pem')
+const ENCRYPTED_KEY = join(dir, 'client-key-encrypted.pem')
+const JUNK = join(dir, 'junk.pem')
+const MISSING = join(dir, 'does-not-exist.pem')
+execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+  '-keyout', KEY, '-out', CERT, '-days', '1', '-subj', '/CN=cybs-oauth-broker config test'], { stdio: 'pipe' })
+execFileSync('openssl', ['pkey', '-in', KEY, '-aes256', '-passout', 'env:TEST_PASSPHRASE', '-out', ENCRYPTED_KEY],
+  { stdio: 'pipe', env: { ...process.env, TEST_PASSPHRASE: PASSPHRASE } })
+writeFileSync(JUNK, 'this is not PEM\n')
+const CERT_PEM = readFileSync(CERT, 'utf8')
+const KEY_PEM = readFileSync(KEY, 'utf8')
+
+function withTls (environment: string, overrides: Env = {}): Env {
+  return base({ CYBS_ENVIRONMENT: environment, CYBS_CLIENT_CERT_FILE: CERT, CYBS_CLIENT_KEY_FILE: KEY, ...overrides })
+}
+
+t.test('a minimal simulator env takes the defaults', async t => {
+  const c: Config = loadConfig(minimal())
+  t.equal(c.host, '127.0.0.1')
+  t.equal(c.port, 3000)
+  t.equal(c.logLevel, 'info')
+  t.equal(c.publicBaseUrl, 'http://127.0.0.1:3000')
+  t.same(c.redis, { mode: 'standalone', url: 'redis://127.0.0.1:6379' })
+  t.equal(c.redisKeyPrefix, 'cybs:')
+  t.equal(c.onboarding.stateTtlSeconds, 600)
+  t.equal(c.onboarding.successUrl, undefined)
+  t.equal(c.onboarding.failureUrl, undefined)
+  t.equal(c.cybs.environment, 'simulator')
+  t.equal(c.cybs.authorizeUrl, 'http://127.0.0.1:4010/ebc2/oauth/authorize')
+  t.equal(c.cybs.tokenUrl, 'http://127.0.0.1:4010/oauth2/v3/token')
+  t.equal(c.cybs.redirectUrl, 'http://127.0.0.1:3000/oauth/callback')
+  t.equal(c.cybs.timeoutMs, 10000)
+  t.equal(c.cybs.clientId, 'partner-app')
+  t.equal(c.cybs.clientSecret, CLIENT_SECRET)
+  t.equal(c.cybs.tls.cert, undefined, 'mutual TLS is optional with the simulator')
+  t.equal(c.cybs.tls.key, undefined)
+})
+
+t.test('numbers and levels given as strings are parsed', async t => {
+  const c = loadConfig({ ...minimal(), HOST: '0.0.0.0', PORT: '8080', LOG_LEVEL: 'warn', STATE_TTL_SECONDS: '3600', CYBS_TIMEOUT_MS: '2500', REDIS_KEY_PREFIX: 'tenant-a:' })
+  t.equal(c.host, '0.0.0.0')
+  t.equal(c.port, 8080)
+  t.equal(c.logLevel, 'warn')
+  t.equal(c.onboarding.stateTtlSeconds, 3600)
+  t.equal(c.cybs.timeoutMs, 2500)
+  t.equal(c.redisKeyPrefix, 'tenant-a:')
+  t.equal(loadConfig({ ...minimal(), STATE_TTL_SECONDS: '1' }).onboarding.stateTtlSeconds, 1)
+})
+
+t.test('the redirect URL is derived from PUBLIC_BASE_URL', async t => {
+  const cases: Array<[string, string, string]> = [
+    ['https://broker.example.com', 'https://broker.example.com', 'https://broker.example.com/oauth/callback'],
+    ['https://broker.example.com/', 'https://broker.example.com', 'https://broker.example.com/oauth/callback'],
+    ['https://partner.example.com/cybs', 'https://partner.example.com/cybs', 'https://partner.example.com/cybs/oauth/callback'],
+    ['https://partner.example.com/cybs/', 'https://partner.example.com/cybs', 'https://partner.example.com/cybs/oauth/callback'],
+    ['http://localhost:8080/a/b//', 'http://localhost:8080/a/b', 'http://localhost:8080/a/b/oauth/callback']
+  ]
+  for (const [given, publicBaseUrl, redirectUrl] of cases) {
+    const c = loadConfig({ ...minimal(), PUBLIC_BASE_URL: given })
+    t.equal(c.publicBaseUrl, publicBaseUrl, `base of ${given}`)
+    t.equal(c.cybs.redirectUrl, redirectUrl, `redirect of ${given}`)
+  }
+  const c = loadConfig({ ...minimal(), PUBLIC_BASE_URL: 'https://broker.example.com/', CYBS_REDIRECT_URL: 'https://partner.example.com/cb' })
+  t.equal(c.cybs.redirectUrl, 'https://partner.example.com/cb', 'CYBS_REDIRECT_URL overrides the derived URL')
+})
+
+t.test('the CyberSource URLs follow CYBS_ENVIRONMENT', async t => {
+  const test = loadConfig(withTls('test'))
+  t.equal(test.cybs.environment, 'test')
+  t.equal(test.cybs.authorizeUrl, 'https://businesscentertest.cybersource.com/ebc2/oauth/authorize')
+  t.equal(test.cybs.tokenUrl, 'https://api-matest.cybersource.com/oauth2/v3/token')
+  const production = loadConfig(withTls('production'))
+  t.equal(production.cybs.environment, 'production')
+  t.equal(production.cybs.authorizeUrl, 'https://businesscenter.cybersource.com/ebc2/oauth/authorize')
+  t.equal(production.cybs.tokenUrl, 'https://api-ma.cybersource.com/oauth2/v3/token')
+})
+
+t.test('CYBS_AUTHORIZE_URL and CYBS_TOKEN_URL override the environment URLs', async t => {
+  const production = loadConfig(withTls('production', {
+    CYBS_AUTHORIZE_URL: 'https://auth.proxy.example.com/ebc2/oauth/authorize',
+    CYBS_TOKEN_URL: 'https://egress.example.com/oauth2/v3/token'
+  }))
+  t.equal(production.cybs.authorizeUrl, 'https://auth.proxy.example.com/ebc2/oauth/authorize')
+  t.equal(production.cybs.tokenUrl, 'https://egress.example.com/oauth2/v3/token')
+  const simulator = loadConfig({
+    ...minimal(),
+    CYBS_AUTHORIZE_URL: 'http://127.0.0.1:5010/ebc2/oauth/authorize',
+    CYBS_TOKEN_URL: 'http://127.0.0.1:5010/oauth2/v3/token'
+  })
+  t.equal(simulator.cybs.authorizeUrl, 'http://127.0.0.1:5010/ebc2/oauth/authorize')
+  t.equal(simulator.cybs.tokenUrl, 'http://127.0.0.1:5010/oauth2/v3/token')
+})
+
+t.test('TOKEN_ENCRYPTION_KEYS becomes a key ring, first key first', async t => {
+  const { encryptionKeys } = loadConfig(minimal())
+  t.equal(encryptionKeys.length, 2)
+  t.equal(encryptionKeys[0].kid, 'k2', 'the first key (the one that encrypts) comes first')
+  t.equal(encryptionKeys[1].kid, 'k1')
+  t.ok(Buffer.isBuffer(encryptionKeys[0].key))
+  t.equal(encryptionKeys[0].key.length, 32)
+  t.ok(encryptionKeys[0].key.equals(Buffer.from(KEY_A, 'base64')))
+  t.ok(encryptionKeys[1].key.equals(Buffer.from(KEY_B, 'base64')))
+  const one = loadConfig({ ...minimal(), TOKEN_ENCRYPTION_KEYS: `2024-01.main:${KEY_B}` }).encryptionKeys
+  t.same(one.map(k => k.kid), ['2024-01.main'])
+})
+
+t.test('INTERNAL_API_KEYS becomes caller/secret pairs', async t => {
+  const { internalApiKeys } = loadConfig(minimal())
+  t.same(internalApiKeys, [
+    { caller: 'portal', secret: API_SECRET_1 },
+    { caller: 'billing', secret: API_SECRET_2 }
+  ])
+  const exact = 'x'.repeat(32)
+  t.same(loadConfig({ ...minimal(), INTERNAL_API_KEYS: `svc:${exact}` }).internalApiKeys, [{ caller: 'svc', secret: exact }],
+    'a 32-character secret is long enough')
+})
+
+t.test('Redis topologies', async t => {
+  t.same(loadConfig({ ...minimal(), REDIS_URL: 'rediss://:pw@redis.example.com:6380/2' }).redis,
+    { mode: 'standalone', url: 'rediss://:pw@redis.example.com:6380/2' })
+  t.same(loadConfig({ ...minimal(), REDIS_SENTINELS: 'sentinel-1:26379, sentinel-2:26380,10.0.0.3:26379', REDIS_SENTINEL_NAME: 'mymaster' }).redis, {
+    mode: 'sentinel',
+    name: 'mymaster',
+    sentinels: [{ host: 'sentinel-1', port: 26379 }, { host: 'sentinel-2', port: 26380 }, { host: '10.0.0.3', port: 26379 }]
+  })
+  t.same(loadConfig({ ...minimal(), REDIS_CLUSTER_NODES: 'node-1:7000,node-2:7001,[::1]:7002' }).redis, {
+    mode: 'cluster',
+    nodes: [{ host: 'node-1', port: 7000 }, { host: 'node-2', port: 7001 }, { host: '::1', port: 7002 }]
+  })
+})
+
+t.test('each required variable missing', async t => {
+  for (const name of ['CYBS_ENVIRONMENT', 'CYBS_CLIENT_ID', 'CYBS_CLIENT_SECRET', 'TOKEN_ENCRYPTION_KEYS', 'INTERNAL_API_KEYS']) {
+    t.test(name, async t => {
+      failsOn(t, base({ [name]: undefined }), name)
+    })
+    t.test(`${name} empty`, async t => {
+      failsOn(t, base({ [name]: '' }), name)
+    })
+  }
+})
+
+t.test('several problems at once give one line each', async t => {
+  const required = ['CYBS_CLIENT_ID', 'CYBS_CLIENT_SECRET', 'CYBS_ENVIRONMENT', 'INTERNAL_API_KEYS', 'TOKEN_ENCRYPTION_KEYS']
+  t.same(names(fails(t, {})), required, 'an empty env names every required variable')
+
+  const schemaAndStructure = fails(t, base({
+    CYBS_CLIENT_ID: undefined,
+    PORT: 'http',
+    REDIS_URL: `http://:${REDIS_PASSWORD}@redis.internal:6379`,
+    TOKEN_ENCRYPTION_KEYS: `k1:${KEY_A},k1:${KEY_B}`,
+    INTERNAL_API_KEYS: 'portal:too-short-secret-1',
+    PUBLIC_BASE_URL: 'broker.example.com'
+  }))
+  t.same(names(schemaAndStructure),
+    ['CYBS_CLIENT_ID', 'INTERNAL_API_KEYS', 'PORT', 'PUBLIC_BASE_URL', 'REDIS_URL', 'TOKEN_ENCRYPTION_KEYS'],
+    'schema problems and structural problems are reported together')
+
+  const structureOnly = fails(t, base({ REDIS_SENTINELS: 'sentinel-1:26379', STATE_TTL_SECONDS: '0', CYBS_ENVIRONMENT: 'production' }))
+  t.same(names(structureOnly), ['CYBS_CLIENT_CERT_FILE', 'CYBS_CLIENT_KEY_FILE', 'REDIS_SENTINEL_NAME', 'STATE_TTL_SECONDS'])
+})
+
+t.test('malformed variables', async t => {
+  const cases: Array<[string, Env, string]> = [
+    ['TOKEN_ENCRYPTION_KEYS without a colon', { TOKEN_ENCRYPTION_KEYS: KEY_A }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS second entry without a colon', { TOKEN_ENCRYPTION_KEYS: `k1:${KEY_A},${KEY_B}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS with a bad kid', { TOKEN_ENCRYPTION_KEYS: `bad kid!:${KEY_A}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS with an empty kid', { TOKEN_ENCRYPTION_KEYS: `:${KEY_A}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS with a 16-byte key', { TOKEN_ENCRYPTION_KEYS: `k1:${randomBytes(16).toString('base64')}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS with a 33-byte key', { TOKEN_ENCRYPTION_KEYS: `k1:${randomBytes(33).toString('base64')}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS not base64', { TOKEN_ENCRYPTION_KEYS: `k1:${'*'.repeat(20)}not-base64!${'#'.repeat(12)}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['TOKEN_ENCRYPTION_KEYS with a duplicate kid', { TOKEN_ENCRYPTION_KEYS: `k1:${KEY_A},k1:${KEY_B}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    ['INTERNAL_API_KEYS with a short secret', { INTERNAL_API_KEYS: `portal:${API_SECRET_1},billing:${'s'.repeat(31)}` }, 'INTERNAL_API_KEYS'],
+    ['INTERNAL_API_KEYS without a colon', { INTERNAL_API_KEYS: API_SECRET_1 }, 'INTERNAL_API_KEYS'],
+    ['INTERNAL_API_KEYS with an empty caller', { INTERNAL_API_KEYS: `:${API_SECRET_1}` }, 'INTERNAL_API_KEYS'],
+    ['INTERNAL_API_KEYS with a duplicate secret', { INTERNAL_API_KEYS: `portal:${API_SECRET_1},billing:${API_SECRET_1}` }, 'INTERNAL_API_KEYS'],
+    ['REDIS_SENTINELS without REDIS_SENTINEL_NAME', { REDIS_SENTINELS: 'sentinel-1:26379' }, 'REDIS_SENTINEL_NAME'],
+    ['REDIS_SENTINELS entry without a port', { REDIS_SENTINELS: 'sentinel-1:26379,sentinel-2', REDIS_SENTINEL_NAME: 'mymaster' }, 'REDIS_SENTINELS'],
+    ['REDIS_SENTINELS port out of range', { REDIS_SENTINELS: 'sentinel-1:65536', REDIS_SENTINEL_NAME: 'mymaster' }, 'REDIS_SENTINELS'],
+    ['REDIS_CLUSTER_NODES port not a number', { REDIS_CLUSTER_NODES: 'node-1:7000,node-2:http' }, 'REDIS_CLUSTER_NODES'],
+    ['REDIS_CLUSTER_NODES port 0', { REDIS_CLUSTER_NODES: 'node-1:0' }, 'REDIS_CLUSTER_NODES'],
+    ['REDIS_URL not redis://', { REDIS_URL: `http://:${REDIS_PASSWORD}@redis.internal:6379` }, 'REDIS_URL'],
+    ['REDIS_URL not a URL', { REDIS_URL: `${REDIS_PASSWORD}@redis.internal:6379` }, 'REDIS_URL'],
+    ['PUBLIC_BASE_URL not a URL', { PUBLIC_BASE_URL: 'broker.example.com' }, 'PUBLIC_BASE_URL'],
+    ['PUBLIC_BASE_URL not http(s)', { PUBLIC_BASE_URL: 'ftp://broker.example.com' }, 'PUBLIC_BASE_URL'],
+    ['STATE_TTL_SECONDS 0', { STATE_TTL_SECONDS: '0' }, 'STATE_TTL_SECONDS'],
+    ['STATE_TTL_SECONDS 3601', { STATE_TTL_SECONDS: '3601' }, 'STATE_TTL_SECONDS'],
+    ['STATE_TTL_SECONDS not an integer', { STATE_TTL_SECONDS: '60.5' }, 'STATE_TTL_SECONDS'],
+    ['PORT not a number', { PORT: 'http' }, 'PORT'],
+    ['PORT out of range', { PORT: '70000' }, 'PORT'],
+    ['CYBS_TIMEOUT_MS not a number', { CYBS_TIMEOUT_MS: 'ten seconds' }, 'CYBS_TIMEOUT_MS'],
+    ['CYBS_ENVIRONMENT bogus', { CYBS_ENVIRONMENT: 'staging' }, 'CYBS_ENVIRONMENT'],
+    ['LOG_LEVEL bogus', { LOG_LEVEL: 'verbose' }, 'LOG_LEVEL'],
+    ['REDIS_KEY_PREFIX with a space', { REDIS_KEY_PREFIX: 'my prefix' }, 'REDIS_KEY_PREFIX'],
+    ['CYBS_REDIRECT_URL not a URL', { CYBS_REDIRECT_URL: '/oauth/callback' }, 'CYBS_REDIRECT_URL'],
+    ['ONBOARDING_SUCCESS_URL not a URL', { ONBOARDING_SUCCESS_URL: 'done.html' }, 'ONBOARDING_SUCCESS_URL']
+  ]
+  for (const [title, overrides, name] of cases) {
+    t.test(title, async t => {
+      failsOn(t, base(overrides), name)
+    })
+  }
+
+  t.test('the enumerations are listed', async t => {
+    t.match(failsOn(t, base({ CYBS_ENVIRONMENT: 'staging' }), 'CYBS_ENVIRONMENT'), /test, production, simulator/)
+    t.match(failsOn(t, base({ LOG_LEVEL: 'verbose' }), 'LOG_LEVEL'), /info/)
+  })
+
+  for (const environment of ['test', 'production']) {
+    t.test(`${environment}: the token URL must use https`, async t => {
+      failsOn(t, withTls(environment, { CYBS_TOKEN_URL: 'http://api-ma.cybersource.com/oauth2/v3/token' }), 'CYBS_TOKEN_URL')
+    })
+    t.test(`${environment}: the authorize URL must use https`, async t => {
+      failsOn(t, withTls(environment, { CYBS_AUTHORIZE_URL: 'http://businesscenter.cybersource.com/ebc2/oauth/authorize' }), 'CYBS_AUTHORIZE_URL')
+    })
+  }
+  t.test('an override URL must not carry credentials', async t => {
+    failsOn(t, withTls('production', { CYBS_TOKEN_URL: `https://user:${CLIENT_SECRET}@api-ma.cybersource.com/oauth2/v3/token` }), 'CYBS_TOKEN_URL')
+  })
+})
+
+t.test('mutual TLS', async t => {
+  for (const environment of ['test', 'production']) {
+    t.test(environment, async t => {
+      t.test('both files missing', async t => {
+        const problems = fails(t, base({ CYBS_ENVIRONMENT: environment }))
+        t.same(names(problems), ['CYBS_CLIENT_CERT_FILE', 'CYBS_CLIENT_KEY_FILE'])
+      })
+      t.test('certificate file missing', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_CERT_FILE: undefined }), 'CYBS_CLIENT_CERT_FILE')
+      })
+      t.test('key file missing', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: undefined }), 'CYBS_CLIENT_KEY_FILE')
+      })
+      t.test('certificate path does not exist', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_CERT_FILE: MISSING }), 'CYBS_CLIENT_CERT_FILE')
+      })
+      t.test('key path does not exist', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: MISSING }), 'CYBS_CLIENT_KEY_FILE')
+      })
+      t.test('certificate path is a directory', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_CERT_FILE: dir }), 'CYBS_CLIENT_CERT_FILE')
+      })
+      t.test('certificate file is not a certificate', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_CERT_FILE: JUNK }), 'CYBS_CLIENT_CERT_FILE')
+        failsOn(t, withTls(environment, { CYBS_CLIENT_CERT_FILE: KEY }), 'CYBS_CLIENT_CERT_FILE')
+      })
+      t.test('key file is not a key', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: JUNK }), 'CYBS_CLIENT_KEY_FILE')
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: CERT }), 'CYBS_CLIENT_KEY_FILE')
+      })
+      t.test('encrypted key with a wrong passphrase', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY, CYBS_CLIENT_KEY_PASSPHRASE: `wrong-${PASSPHRASE}` }), 'CYBS_CLIENT_KEY_FILE')
+      })
+      t.test('encrypted key without a passphrase', async t => {
+        failsOn(t, withTls(environment, { CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY, CYBS_CLIENT_KEY_PASSPHRASE: undefined }), 'CYBS_CLIENT_KEY_FILE')
+      })
+      t.test('CA file that is not a certificate bundle', async t => {
+        failsOn(t, withTls(environment, { CYBS_CA_FILE: JUNK }), 'CYBS_CA_FILE')
+      })
+      t.test('valid files are loaded', async t => {
+        const { tls } = loadConfig(withTls(environment, { CYBS_CLIENT_KEY_PASSPHRASE: undefined })).cybs
+        t.equal(tls.cert, CERT_PEM)
+        t.equal(tls.key, KEY_PEM)
+        t.equal(tls.passphrase, undefined)
+        t.equal(tls.ca, undefined)
+      })
+      t.test('an encrypted key with its passphrase is loaded', async t => {
+        const { tls } = loadConfig(withTls(environment, { CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY, CYBS_CA_FILE: CERT })).cybs
+        t.equal(tls.cert, CERT_PEM)
+        t.equal(tls.key, readFileSync(ENCRYPTED_KEY, 'utf8'))
+        t.equal(tls.passphrase, PASSPHRASE)
+        t.equal(tls.ca, CERT_PEM, 'CYBS_CA_FILE is loaded too')
+      })
+    })
+  }
+
+  t.test('simulator: optional, but loaded and checked when given', async t => {
+    const { tls } = loadConfig(withTls('simulator')).cybs
+    t.equal(tls.cert, CERT_PEM)
+    t.equal(tls.key, KEY_PEM)
+    failsOn(t, withTls('simulator', { CYBS_CLIENT_KEY_FILE: undefined }), 'CYBS_CLIENT_KEY_FILE')
+    failsOn(t, withTls('simulator', { CYBS_CLIENT_CERT_FILE: undefined }), 'CYBS_CLIENT_CERT_FILE')
+    failsOn(t, withTls('simulator', { CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY, CYBS_CLIENT_KEY_PASSPHRASE: 'not-the-passphrase' }), 'CYBS_CLIENT_KEY_FILE')
+  })
+})
+
+t.test('the secret check itself finds a leak', async t => {
+  // Guards the guard: a problem line that quoted a value would be caught by secretsOf().
+  const env = base({ INTERNAL_API_KEYS: `portal:${'s'.repeat(31)}` })
+  const secrets = secretsOf(env)
+  for (const s of [CLIENT_SECRET, KEY_A, API_SECRET_1, PASSPHRASE, REDIS_PASSWORD, 's'.repeat(31)]) {
+    t.ok(secrets.includes(s), 'secret listed')
+  }
+  const hypothetical = `INTERNAL_API_KEYS: secret ${'s'.repeat(31)} is too short`
+  t.ok(secrets.some(s => hypothetical.includes(s)))
+})
