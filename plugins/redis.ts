@@ -14,12 +14,16 @@ declare module 'fastify' {
 
 export default fp(async (app) => {
   const redis = createRedisClient(app.config.redis)
-  // Errors surface on the request path as 503s; the client reconnects by itself.
+  // Errors surface on the request path as 503s; the client reconnects by itself. An outage is
+  // logged once (a lost connection emits 'close', a refused reconnect 'error'), and so is the recovery.
   let down = false
-  redis.on('error', (err: Error) => {
-    if (!down) app.log.error({ err: { message: err.message, code: (err as { code?: string }).code } }, 'redis connection error')
+  let closing = false
+  const lost = (reason: string): void => {
+    if (!down) app.log.error({ reason }, 'redis connection error')
     down = true
-  })
+  }
+  redis.on('error', (err: Error) => { lost((err as { code?: string }).code ?? err.message) })
+  redis.on('close', () => { if (!closing) lost('connection closed') })
   redis.on('ready', () => {
     if (down) app.log.info('redis connection restored')
     down = false
@@ -28,6 +32,7 @@ export default fp(async (app) => {
   app.decorate('redisKeys', createRedisKeys(app.config.redisKeyPrefix))
   if (!await waitReady(redis, 5000)) app.log.warn('redis is not reachable; starting degraded')
   app.addHook('onClose', async () => {
+    closing = true
     await redis.quit().catch(() => redis.disconnect())
   })
 }, { name: 'redis', dependencies: ['config'] })

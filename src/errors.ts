@@ -3,6 +3,7 @@
 import createError from '@fastify/error'
 
 export const InvalidRequestError = createError('invalid_request', '%s', 400)
+export const UriTooLongError = createError('invalid_request', 'The request URL is too long', 414)
 export const UnauthorizedError = createError('unauthorized', 'A valid bearer credential is required', 401)
 export const MerchantNotFoundError = createError('merchant_not_found', 'No tokens are stored for this merchant', 404)
 export const ReauthorizationRequiredError = createError('reauthorization_required', 'The merchant must authorize the application again', 409)

@@ -57,7 +57,14 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
       if (code === undefined && state === undefined) return { ok: false, reason: 'access_denied' }
       if (state === undefined || state === '') return { ok: false, reason: 'invalid_state' }
       // Consumed before the exchange: of concurrent callbacks with one state, one goes on.
-      const bound = await opts.stateStore.consume(state)
+      let bound
+      try {
+        bound = await opts.stateStore.consume(state)
+      } catch (err) {
+        if (!(err instanceof StorageUnavailableError)) throw err
+        log.error({ err }, 'storage unavailable: the onboarding state cannot be checked')
+        return { ok: false, reason: 'storage_unavailable' }
+      }
       if (bound === undefined) return { ok: false, reason: 'invalid_state' }
       if (code === undefined || code === '') return { ok: false, reason: 'access_denied' }
 

@@ -35,7 +35,8 @@ export const MerchantStatusSchema = Type.Object({
 export type MerchantStatus = Static<typeof MerchantStatusSchema>
 
 export const ListQuerySchema = Type.Object({
-  limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
+  // A string (query values are not coerced): 1 to 500.
+  limit: Type.String({ pattern: '^(?:[1-9]\\d?|[1-4]\\d\\d|500)$', default: '100', description: '1-500' }),
   cursor: Type.Optional(Type.String({ maxLength: 64 }))
 })
 

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import pino from 'pino'
+import fp from 'fastify-plugin'
 import { loadConfig, type Config } from '../src/config.js'
 import app, { serverOptions } from '../src/app.js'
 import { buildSimulator, type Simulator, type SimulatorOptions } from '../src/simulator/app.js'
@@ -95,7 +96,8 @@ export async function build (t: Teardown, opts: BuildOptions = {}): Promise<Buil
   const { logger: _logger, ...options } = serverOptions(config)
   const loggerOpts = serverOptions(config).logger as pino.LoggerOptions
   const instance = Fastify({ ...options, loggerInstance: pino(loggerOpts, logs.stream) as FastifyBaseLogger })
-  await instance.register(app, { config, now: opts.now })
+  // fastify-plugin exposes the app's decorators (tokenStore, redis…) to the tests.
+  await instance.register(fp(app), { config, now: opts.now })
   await instance.ready()
   t.teardown(async () => await instance.close())
   return { app: instance, config, redis, sim, secrets: s, logs, auth: { authorization: `Bearer ${s.apiSecret}` } }

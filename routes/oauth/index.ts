@@ -8,7 +8,7 @@ import { StorageUnavailableError } from '../../src/errors.js'
 
 const MAX_PARAM_LENGTH = 2048
 
-type PageReason = FailureReason | 'invalid_request'
+type PageReason = FailureReason | 'invalid_request' | 'rate_limited'
 
 const FAILURES: Record<PageReason, { status: number, title: string, text: string }> = {
   access_denied: { status: 200, title: 'Connection cancelled', text: 'You did not allow access, so nothing was connected. You can close this window, or start again from the partner portal.' },
@@ -17,7 +17,8 @@ const FAILURES: Record<PageReason, { status: number, title: string, text: string
   upstream_unavailable: { status: 503, title: 'CyberSource is not reachable', text: 'We could not reach CyberSource to finish connecting your account. Please try again in a few minutes from the partner portal.' },
   merchant_mismatch: { status: 403, title: 'Different merchant account', text: 'You signed in with a different merchant account than the one this link was made for. Nothing was connected. Please sign in with the right account and start again.' },
   storage_unavailable: { status: 503, title: 'Temporarily unavailable', text: 'We could not finish connecting your account because of a temporary problem on our side. Please try again in a few minutes.' },
-  invalid_request: { status: 400, title: 'Invalid request', text: 'The link you followed is malformed. Please start again from the partner portal.' }
+  invalid_request: { status: 400, title: 'Invalid request', text: 'The link you followed is malformed. Please start again from the partner portal.' },
+  rate_limited: { status: 429, title: 'Too many attempts', text: 'Too many requests came from your network. Please wait a minute, then start again from the partner portal.' }
 }
 
 function withParams (base: string, params: Record<string, string>): string {
@@ -39,13 +40,13 @@ function singleParams (request: FastifyRequest): Record<string, string> | undefi
 export default async function oauthRoutes (app: FastifyInstance): Promise<void> {
   const { successUrl, failureUrl } = app.config.onboarding
 
-  async function fail (request: FastifyRequest, reply: FastifyReply, reason: PageReason): Promise<FastifyReply> {
-    // Malformed requests and bad states get the page, never a redirect: nothing vouches for them.
-    if (failureUrl !== undefined && reason !== 'invalid_request' && reason !== 'invalid_state') {
+  async function fail (request: FastifyRequest, reply: FastifyReply, reason: PageReason, status?: number): Promise<FastifyReply> {
+    // Malformed, throttled and bad-state requests get the page, never a redirect: nothing vouches for them.
+    if (failureUrl !== undefined && reason !== 'invalid_request' && reason !== 'invalid_state' && reason !== 'rate_limited') {
       return await reply.redirect(withParams(failureUrl, { reason, correlation_id: request.id }), 302)
     }
     const f = FAILURES[reason]
-    return await reply.code(f.status).type('text/html; charset=utf-8').send(renderPage(f.title, [f.text], request.id))
+    return await reply.code(status ?? f.status).type('text/html; charset=utf-8').send(renderPage(f.title, [f.text], request.id))
   }
 
   // Pages must never be cached, framed or leak the callback URL through a Referer.
@@ -59,7 +60,10 @@ export default async function oauthRoutes (app: FastifyInstance): Promise<void> 
       request.log.error({ err }, 'storage unavailable during onboarding')
       return await fail(request, reply, 'storage_unavailable')
     }
-    if ((err as { statusCode?: number }).statusCode === 429) throw err
+    const status = (err as { statusCode?: number }).statusCode ?? 500
+    // The rate limiter has already set Retry-After; a 4xx (e.g. 414) is the client's malformed request.
+    if (status === 429) return await fail(request, reply, 'rate_limited')
+    if (status >= 400 && status < 500) return await fail(request, reply, 'invalid_request', status)
     request.log.error({ err }, 'onboarding request failed')
     return await reply.code(500).type('text/html; charset=utf-8')
       .send(renderPage('Something went wrong', ['Please try again from the partner portal.'], request.id))
@@ -75,8 +79,12 @@ export default async function oauthRoutes (app: FastifyInstance): Promise<void> 
 
   app.get('/callback', async (request, reply) => {
     const params = singleParams(request)
-    if (params === undefined) return await fail(request, reply, 'invalid_request')
+    if (params === undefined) {
+      app.metrics.callbacks.inc({ outcome: 'invalid_request' })
+      return await fail(request, reply, 'invalid_request')
+    }
     const outcome = await app.onboarding.complete({ code: params.code, state: params.state }, request.log)
+    app.metrics.callbacks.inc({ outcome: outcome.ok ? 'connected' : outcome.reason })
     if (!outcome.ok) return await fail(request, reply, outcome.reason)
     if (successUrl !== undefined) {
       return await reply.redirect(withParams(successUrl, { merchant_id: outcome.merchantId, correlation_id: request.id }), 302)

@@ -26,7 +26,7 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }, 
     await waitForPort(port, true)
   }
   const stop = async (graceful = false): Promise<void> => {
-    if (proc === undefined || proc.exitCode !== null) return
+    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
     const p = proc
     const exited = new Promise(resolve => p.once('exit', resolve))
     p.kill(graceful ? 'SIGTERM' : 'SIGKILL')

@@ -65,15 +65,9 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
       summary: 'Connected merchants, paginated with an opaque cursor',
       querystring: ListQuerySchema,
       response: { 200: MerchantListSchema, ...errors(400, 401, 503) }
-    },
-    // Query values are strings and the app's Ajv does not coerce types (bodies keep theirs), so
-    // a canonical integer `limit` is converted here, before the schema checks its range.
-    preValidation: async (request) => {
-      const query = request.query as Record<string, unknown>
-      if (typeof query.limit === 'string' && /^(0|[1-9]\d{0,5})$/.test(query.limit)) query.limit = Number(query.limit)
     }
   }, async (request) => {
-    const page = await app.tokenService.list(request.query.limit, request.query.cursor)
+    const page = await app.tokenService.list(Number(request.query.limit), request.query.cursor)
     return { items: page.items.map(toStatus), next_cursor: page.nextCursor }
   })
 

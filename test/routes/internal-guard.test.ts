@@ -1,0 +1,306 @@
+// The internal API's front door: the bearer guard, the audit line, merchant id validation,
+// unknown merchants and routes, and onboarding links (SPEC §2 Internal API).
+import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
+import { build, onboard, CLIENT_ID, type Built } from '../helper.js'
+import { createKeyRing } from '../../src/key-ring.js'
+import { createRedisKeys } from '../../src/redis-keys.js'
+import { createTokenStore, type MerchantRecord } from '../../src/token-store.js'
+
+type Method = 'GET' | 'POST' | 'DELETE'
+
+const routes = (mid: string): Array<{ method: Method, url: string }> => [
+  { method: 'GET', url: `/internal/v1/merchants/${mid}/access-token` },
+  { method: 'GET', url: `/internal/v1/merchants/${mid}` },
+  { method: 'POST', url: `/internal/v1/merchants/${mid}/refresh` },
+  { method: 'DELETE', url: `/internal/v1/merchants/${mid}` }
+]
+
+interface ErrorBody { error: { code: string, message: string, correlation_id: string } }
+
+/** Asserts the JSON error shape of SPEC §2 and returns the code. */
+function errorCode (t: Test, res: { statusCode: number, headers: Record<string, unknown>, body: string }, what: string): string {
+  t.match(String(res.headers['content-type']), /^application\/json/, `${what}: JSON`)
+  const body = JSON.parse(res.body) as ErrorBody
+  t.same(Object.keys(body), ['error'], `${what}: only "error"`)
+  t.same(Object.keys(body.error).sort(), ['code', 'correlation_id', 'message'], `${what}: error fields`)
+  t.type(body.error.message, 'string')
+  t.equal(body.error.correlation_id, res.headers['x-correlation-id'], `${what}: correlation id echoed`)
+  return body.error.code
+}
+
+function auditLines (b: Built): Array<Record<string, unknown>> {
+  return b.logs.lines().filter(l => l.msg === 'internal api call')
+}
+
+/** The one audit line of the request sent with this correlation id. */
+function auditOf (t: Test, b: Built, correlationId: string): Record<string, unknown> {
+  const lines = auditLines(b).filter(l => l.reqId === correlationId)
+  t.equal(lines.length, 1, `one audit line for ${correlationId}`)
+  return lines[0] ?? {}
+}
+
+/** The merchant's stored record, read and decrypted beside the app (its decorators are encapsulated). */
+async function storedRecord (t: Test, b: Built, mid: string): Promise<MerchantRecord> {
+  const redis = new Redis(b.redis.url)
+  t.teardown(() => redis.disconnect())
+  const store = createTokenStore(redis, createKeyRing(b.config.encryptionKeys), createRedisKeys(b.config.redisKeyPrefix))
+  const r = await store.get(mid)
+  if (r === undefined) throw new Error(`${mid} is not stored`)
+  return r
+}
+
+async function lookupToken (b: Built, mid: string): Promise<string> {
+  const res = await b.app.inject({ url: `/internal/v1/merchants/${mid}/access-token`, headers: b.auth })
+  if (res.statusCode !== 200) throw new Error(`lookup of ${mid}: ${res.statusCode} ${res.body}`)
+  return (res.json() as { access_token: string }).access_token
+}
+
+t.test('internal API guard', async t => {
+  const b = await build(t)
+  const mid = 'm_guard'
+  t.equal((await onboard(b, mid)).statusCode, 200)
+  const accessToken = await lookupToken(b, mid)
+  const stored = await storedRecord(t, b, mid)
+  t.equal(stored.accessToken, accessToken)
+  const { apiSecret, otherApiSecret, clientSecret } = b.secrets
+  const lastChar = apiSecret.at(-1) === 'A' ? 'B' : 'A'
+  const nearMiss = apiSecret.slice(0, -1) + lastChar
+
+  await t.test('bad or missing credentials → 401 unauthorized on every route', async t => {
+    const bad: Array<[string, string | undefined]> = [
+      ['no Authorization header', undefined],
+      ['Basic scheme with the right secret', `Basic ${Buffer.from(`payments:${apiSecret}`).toString('base64')}`],
+      ['Basic scheme, raw secret', `Basic ${apiSecret}`],
+      ['the bare secret', apiSecret],
+      ['Bearer alone', 'Bearer'],
+      ['Bearer with an empty secret', 'Bearer '],
+      ['Bearer with a wrong secret', 'Bearer not-the-secret-at-all-not-the-secret-at-all'],
+      ['secret differing in the last character', `Bearer ${nearMiss}`],
+      ['secret with a prefix only', `Bearer ${apiSecret.slice(0, -1)}`],
+      ['secret with an extra character', `Bearer ${apiSecret}x`],
+      ['secret followed by a space', `Bearer ${apiSecret} `],
+      ['two spaces after Bearer', `Bearer  ${apiSecret}`],
+      ['caller name and secret', `Bearer payments:${apiSecret}`],
+      ['the partner client secret', `Bearer ${clientSecret}`]
+    ]
+    const targets = [
+      ...routes(mid),
+      { method: 'GET' as const, url: '/internal/v1/merchants' },
+      { method: 'GET' as const, url: '/internal/v1/merchants?limit=2' },
+      { method: 'POST' as const, url: '/internal/v1/onboarding-links' }
+    ]
+    for (const [what, authorization] of bad) {
+      for (const { method, url } of targets) {
+        const res = await b.app.inject({
+          method,
+          url,
+          headers: authorization === undefined ? {} : { authorization },
+          ...(url.endsWith('onboarding-links') ? { payload: { merchant_id: mid } } : {})
+        })
+        t.equal(res.statusCode, 401, `${what}: ${method} ${url}`)
+        t.equal(errorCode(t, res, what), 'unauthorized', `${what}: ${method} ${url}`)
+        t.notMatch(res.body, accessToken)
+      }
+    }
+    // None of the rejected calls did anything.
+    t.equal(b.sim.control.stats().refreshes, 0, 'no forced refresh happened')
+    t.equal((await b.app.inject({ url: `/internal/v1/merchants/${mid}`, headers: b.auth })).statusCode, 200, 'the merchant was not deleted')
+    t.equal(await lookupToken(b, mid), accessToken)
+  })
+
+  await t.test('credentials are checked before the request is validated', async t => {
+    const res = await b.app.inject({ url: '/internal/v1/merchants/bad.id/access-token' })
+    t.equal(res.statusCode, 401)
+    t.equal(errorCode(t, res, 'bad id without credentials'), 'unauthorized')
+  })
+
+  await t.test('each configured caller is let in', async t => {
+    for (const [caller, secret] of [['payments', apiSecret], ['reports', otherApiSecret]]) {
+      const ok = await b.app.inject({ url: `/internal/v1/merchants/${mid}/access-token`, headers: { authorization: `Bearer ${secret}` } })
+      t.equal(ok.statusCode, 200, `${caller}: lookup`)
+      t.equal(ok.json().access_token, accessToken)
+      const missing = await b.app.inject({ url: '/internal/v1/merchants/m_nobody/access-token', headers: { authorization: `Bearer ${secret}` } })
+      t.equal(missing.statusCode, 404, `${caller}: unknown merchant`)
+      t.equal(errorCode(t, missing, caller), 'merchant_not_found')
+      const list = await b.app.inject({ url: '/internal/v1/merchants', headers: { authorization: `Bearer ${secret}` } })
+      t.equal(list.statusCode, 200, `${caller}: list`)
+    }
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    const lower = await b.app.inject({ url: `/internal/v1/merchants/${mid}`, headers: { authorization: `bearer ${otherApiSecret}` } })
+    t.equal(lower.statusCode, 200, 'lower-case scheme')
+  })
+
+  await t.test('the audit line: caller, merchant id, outcome, status; never a secret or token', async t => {
+    const calls: Array<{ id: string, secret: string | undefined, url: string, caller?: string, status: number, outcome: string, merchant?: string }> = [
+      { id: 'audit-lookup-payments', secret: apiSecret, url: `/internal/v1/merchants/${mid}/access-token`, caller: 'payments', status: 200, outcome: 'ok', merchant: mid },
+      { id: 'audit-status-reports', secret: otherApiSecret, url: `/internal/v1/merchants/${mid}`, caller: 'reports', status: 200, outcome: 'ok', merchant: mid },
+      { id: 'audit-unknown-reports', secret: otherApiSecret, url: '/internal/v1/merchants/m_unknown/access-token', caller: 'reports', status: 404, outcome: 'merchant_not_found', merchant: 'm_unknown' },
+      { id: 'audit-invalid-payments', secret: apiSecret, url: '/internal/v1/merchants/bad.id', caller: 'payments', status: 400, outcome: 'invalid_request' },
+      { id: 'audit-nearmiss-nocaller', secret: nearMiss, url: `/internal/v1/merchants/${mid}/access-token`, status: 401, outcome: 'unauthorized', merchant: mid },
+      { id: 'audit-none-nocaller', secret: undefined, url: `/internal/v1/merchants/${mid}`, status: 401, outcome: 'unauthorized', merchant: mid }
+    ]
+    for (const c of calls) {
+      const res = await b.app.inject({
+        url: c.url,
+        headers: { 'x-correlation-id': c.id, ...(c.secret === undefined ? {} : { authorization: `Bearer ${c.secret}` }) }
+      })
+      t.equal(res.statusCode, c.status, c.id)
+    }
+    for (const c of calls) {
+      const line = auditOf(t, b, c.id)
+      t.equal(line.level, 30, `${c.id}: info level`)
+      t.equal(line.caller, c.caller, `${c.id}: caller`)
+      t.equal(line.status, c.status, `${c.id}: status`)
+      t.equal(line.outcome, c.outcome, `${c.id}: outcome`)
+      if (c.merchant !== undefined) t.equal(line.merchant_id, c.merchant, `${c.id}: merchant id`)
+      t.equal(line.method, 'GET')
+      t.type(line.route, 'string')
+    }
+    // The onboarding-link call names its merchant too (it comes in the body).
+    const link = await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: { ...b.auth, 'x-correlation-id': 'audit-link-payments' }, payload: { merchant_id: 'm_audit_link' } })
+    t.equal(link.statusCode, 201)
+    const linkLine = auditOf(t, b, 'audit-link-payments')
+    t.match(linkLine, { caller: 'payments', status: 201, outcome: 'ok', merchant_id: 'm_audit_link' })
+
+    // No line anywhere carries a credential, secret or token.
+    const text = b.logs.text()
+    for (const [what, secret] of Object.entries({ apiSecret, otherApiSecret, nearMiss, clientSecret, accessToken, refreshToken: stored.refreshToken })) {
+      t.notOk(text.includes(secret), `logs do not contain the ${what}`)
+    }
+    t.notOk(text.includes('Bearer '), 'no Authorization header value is logged')
+  })
+
+  await t.test('an invalid merchant id → 400 invalid_request on every route', async t => {
+    const ids = [
+      'a'.repeat(65), // one too long
+      `${'a'.repeat(64)}b`,
+      'a.b', 'a$b', 'a%20b', 'a%2Fb', '%C3%A4', 'a%00b', 'a%3Bb', 'a~b', 'a+b', "a'b"
+    ]
+    for (const id of ids) {
+      for (const { method, url } of routes(id)) {
+        const res = await b.app.inject({ method, url, headers: b.auth })
+        t.equal(res.statusCode, 400, `${method} ${url}`)
+        t.equal(errorCode(t, res, url), 'invalid_request', `${method} ${url}`)
+      }
+    }
+    // The longest valid id is accepted (and unknown).
+    const max = 'Z'.repeat(64)
+    const res = await b.app.inject({ url: `/internal/v1/merchants/${max}/access-token`, headers: b.auth })
+    t.equal(res.statusCode, 404)
+    t.equal(errorCode(t, res, 'max id'), 'merchant_not_found')
+  })
+
+  await t.test('a very long merchant id → 400 invalid_request, not the router\'s 414', {
+    todo: 'src/app.ts: ids longer than routerOptions.maxParamLength (128) get Fastify\'s raw 414 FST_ERR_MAX_PARAM_LENGTH body; needs a frameworkErrors handler'
+  }, async t => {
+    for (const { method, url } of routes('a'.repeat(200))) {
+      const res = await b.app.inject({ method, url, headers: b.auth })
+      t.equal(res.statusCode, 400, `${method} ${url}`)
+      t.equal(errorCode(t, res, url), 'invalid_request')
+    }
+  })
+
+  await t.test('list query validation', async t => {
+    for (const q of ['limit=0', 'limit=501', 'limit=abc', 'limit=-1', 'limit=1.5', `cursor=${'x'.repeat(65)}`, 'cursor=not-a-cursor']) {
+      const res = await b.app.inject({ url: `/internal/v1/merchants?${q}`, headers: b.auth })
+      t.equal(res.statusCode, 400, q)
+      t.equal(errorCode(t, res, q), 'invalid_request', q)
+    }
+  })
+
+  await t.test('unknown merchant → 404 merchant_not_found on lookup, status, refresh, delete', async t => {
+    for (const { method, url } of routes('m_never_onboarded')) {
+      const res = await b.app.inject({ method, url, headers: b.auth })
+      t.equal(res.statusCode, 404, `${method} ${url}`)
+      t.equal(errorCode(t, res, url), 'merchant_not_found', `${method} ${url}`)
+    }
+    t.equal(b.sim.control.stats().refreshes, 0, 'no token request for an unknown merchant')
+  })
+
+  await t.test('unknown route → 404 JSON', async t => {
+    const unknown: Array<{ method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', url: string }> = [
+      { method: 'GET', url: '/internal/v1/nope' },
+      { method: 'GET', url: '/internal/v2/merchants' },
+      { method: 'GET', url: `/internal/v1/merchants/${mid}/refresh-token` },
+      { method: 'GET', url: `/internal/v1/merchants/${mid}/access-token/extra` },
+      { method: 'PUT', url: `/internal/v1/merchants/${mid}` },
+      { method: 'PATCH', url: `/internal/v1/merchants/${mid}` },
+      { method: 'GET', url: '/internal/v1/onboarding-links' },
+      { method: 'POST', url: `/internal/v1/merchants/${mid}/access-token` }
+    ]
+    for (const { method, url } of unknown) {
+      const res = await b.app.inject({ method, url, headers: b.auth })
+      t.equal(res.statusCode, 404, `${method} ${url}`)
+      t.equal(errorCode(t, res, url), 'not_found', `${method} ${url}`)
+      t.notMatch(res.body, accessToken)
+    }
+  })
+
+  await t.test('POST /internal/v1/onboarding-links', async t => {
+    const link = async (payload: unknown): Promise<{ statusCode: number, body: string, headers: Record<string, unknown>, json: () => any }> =>
+      await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: b.auth, payload: payload as Record<string, unknown> })
+    const callback = async (state: string, code: string): Promise<{ statusCode: number, body: string }> =>
+      await b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
+
+    await t.test('bound link: authorize URL whose state completes this merchant\'s onboarding', async t => {
+      const before = Date.now()
+      const res = await link({ merchant_id: 'm_link' })
+      t.equal(res.statusCode, 201, res.body)
+      const body = res.json() as { url: string, expires_at: string }
+      t.same(Object.keys(body).sort(), ['expires_at', 'url'])
+      const url = new URL(body.url)
+      t.equal(url.origin + url.pathname, b.config.cybs.authorizeUrl, 'the CyberSource authorize URL')
+      t.equal(url.searchParams.get('sub'), 'oauth')
+      t.equal(url.searchParams.get('client_id'), CLIENT_ID)
+      t.equal(url.searchParams.get('redirect_url'), b.config.cybs.redirectUrl)
+      const state = url.searchParams.get('state') ?? ''
+      t.ok(Buffer.from(state, 'base64url').length >= 16, 'state carries at least 128 bits')
+      const expiresAt = Date.parse(body.expires_at)
+      t.match(body.expires_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/)
+      t.ok(expiresAt >= before + 590_000 && expiresAt <= Date.now() + 610_000, `expires in STATE_TTL_SECONDS (${body.expires_at})`)
+      t.notOk(body.url.includes(b.secrets.clientSecret), 'no client secret in the link')
+
+      const done = await callback(state, b.sim.control.issueCode('m_link'))
+      t.equal(done.statusCode, 200, 'callback accepted the state')
+      t.match(done.body, /m_link/)
+      const tok = await b.app.inject({ url: '/internal/v1/merchants/m_link/access-token', headers: b.auth })
+      t.equal(tok.statusCode, 200, 'the merchant is connected')
+      const again = await callback(state, b.sim.control.issueCode('m_link'))
+      t.equal(again.statusCode, 401, 'the state is single use')
+    })
+
+    await t.test('bound link used by another merchant → merchant_mismatch, nothing stored', async t => {
+      const res = await link({ merchant_id: 'm_link_bound' })
+      t.equal(res.statusCode, 201)
+      const state = new URL((res.json() as { url: string }).url).searchParams.get('state') ?? ''
+      const done = await callback(state, b.sim.control.issueCode('m_link_other'))
+      t.equal(done.statusCode, 403)
+      for (const m of ['m_link_bound', 'm_link_other']) {
+        t.equal((await b.app.inject({ url: `/internal/v1/merchants/${m}`, headers: b.auth })).statusCode, 404, `${m} not stored`)
+      }
+    })
+
+    await t.test('unbound link works for whoever authorizes', async t => {
+      const res = await link({})
+      t.equal(res.statusCode, 201, res.body)
+      const state = new URL((res.json() as { url: string }).url).searchParams.get('state') ?? ''
+      t.equal((await callback(state, b.sim.control.issueCode('m_link_any'))).statusCode, 200)
+      t.equal((await b.app.inject({ url: '/internal/v1/merchants/m_link_any', headers: b.auth })).statusCode, 200)
+    })
+
+    await t.test('two links carry different states', async t => {
+      const s1 = new URL((await link({ merchant_id: 'm_x' })).json().url as string).searchParams.get('state')
+      const s2 = new URL((await link({ merchant_id: 'm_x' })).json().url as string).searchParams.get('state')
+      t.not(s1, s2)
+    })
+
+    await t.test('invalid body → 400 invalid_request', async t => {
+      for (const payload of [{ merchant_id: 'a b' }, { merchant_id: 'a'.repeat(65) }, { merchant_id: '' }, { merchant_id: 42 }, { merchant_id: 'm_1', extra: true }]) {
+        const res = await link(payload)
+        t.equal(res.statusCode, 400, JSON.stringify(payload))
+        t.equal(errorCode(t, res, JSON.stringify(payload)), 'invalid_request')
+      }
+    })
+  })
+})

@@ -1,0 +1,493 @@
+// /internal/v1/merchants: lookup and status shapes, pagination, forced refresh, delete, and the
+// failure taxonomy (refresh token rejected, CyberSource down, partner credentials rejected,
+// Redis down), against a real Redis and the simulator over HTTP, with a movable clock.
+import t, { type Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { build, onboard, type BuildOptions, type Built } from '../helper.js'
+import { startRedis } from '../helpers/redis.js'
+import { createKeyRing } from '../../src/key-ring.js'
+import { createRedisKeys } from '../../src/redis-keys.js'
+import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
+import type { SimulatorOptions } from '../../src/simulator/app.js'
+
+/** Past the background refresh point (2/3 ± 10 %) but with 180 s of validity left. */
+const PAST_REFRESH_POINT_MS = 720_000
+/** 30 s of validity left: below MIN_VALIDITY, a lookup must refresh first. */
+const NEARLY_EXPIRED_MS = 870_000
+const SCOPE = 'payments_with_standalone_credit transactions invoicing boarding'
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
+
+interface Harness {
+  b: Built
+  /** Moves the shared clock of the app and the simulator. */
+  advance: (ms: number) => void
+  now: () => number
+  /** Every response body and header block seen, for the leak check. */
+  seen: string[]
+  call: (method: 'GET' | 'POST' | 'DELETE', url: string) => Promise<{ statusCode: number, body: string, headers: Record<string, unknown>, json: () => any }>
+  lookup: (mid: string) => Promise<{ statusCode: number, body: string, headers: Record<string, unknown>, json: () => any }>
+  status: (mid: string) => Promise<{ statusCode: number, body: string, headers: Record<string, unknown>, json: () => any }>
+  store: TokenStore
+  redis: Redis
+  onboard: (mid: string) => Promise<void>
+  /** Asserts that no response seen so far carried a refresh token (stored or sent to CyberSource). */
+  assertNoRefreshTokenLeaked: (t: Test, mids: string[]) => Promise<void>
+}
+
+async function harness (t: Test, opts: Omit<BuildOptions, 'now'> & { sim?: Partial<SimulatorOptions> } = {}): Promise<Harness> {
+  let offset = 0
+  const now = (): number => Date.now() + offset
+  const { sim, ...rest } = opts
+  const b = await build(t, { ...rest, now, simulatorOptions: { now, ...sim } })
+  const redis = new Redis(b.redis.url, { maxRetriesPerRequest: 1 })
+  redis.on('error', () => {})
+  t.teardown(() => redis.disconnect())
+  const store = createTokenStore(redis, createKeyRing(b.config.encryptionKeys), createRedisKeys(b.config.redisKeyPrefix))
+  const seen: string[] = []
+  const refreshTokens = new Set<string>()
+  const call: Harness['call'] = async (method, url) => {
+    const res = await b.app.inject({ method, url, headers: b.auth })
+    seen.push(res.body, JSON.stringify(res.headers))
+    return res
+  }
+  return {
+    b,
+    now,
+    advance: (ms) => { offset += ms },
+    seen,
+    call,
+    lookup: async (mid) => await call('GET', `/internal/v1/merchants/${mid}/access-token`),
+    status: async (mid) => await call('GET', `/internal/v1/merchants/${mid}`),
+    store,
+    redis,
+    async onboard (mid) {
+      const res = await onboard(b, mid)
+      if (res.statusCode !== 200) throw new Error(`onboarding ${mid}: ${res.statusCode}`)
+      const r = await store.get(mid)
+      if (r !== undefined) refreshTokens.add(r.refreshToken)
+    },
+    async assertNoRefreshTokenLeaked (t, mids) {
+      for (const mid of mids) {
+        const r = await store.get(mid).catch(() => undefined)
+        if (r !== undefined) refreshTokens.add(r.refreshToken)
+      }
+      for (const req of b.sim.control.requests()) {
+        const rt = req.form.refresh_token
+        if (typeof rt === 'string') refreshTokens.add(rt)
+      }
+      t.ok(refreshTokens.size > 0, 'refresh tokens known')
+      const all = seen.join('\n')
+      let leaked = 0
+      for (const rt of refreshTokens) if (all.includes(rt)) leaked++
+      t.equal(leaked, 0, `no response carried any of ${refreshTokens.size} refresh tokens`)
+      t.notOk(/refresh_token"/.test(all), 'no refresh_token field in any response')
+    }
+  }
+}
+
+async function until (predicate: () => Promise<boolean> | boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await predicate()) return true
+    if (Date.now() > deadline) return false
+    await sleep(25)
+  }
+}
+
+const refreshRequests = (b: Built): number => b.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length
+const errorCode = (res: { body: string }): string => (JSON.parse(res.body) as { error: { code: string } }).error?.code
+
+async function stored (h: Harness, mid: string): Promise<MerchantRecord> {
+  const r = await h.store.get(mid)
+  if (r === undefined) throw new Error(`${mid} is not stored`)
+  return r
+}
+
+t.test('lookup and status shapes', async t => {
+  const h = await harness(t)
+  await h.onboard('m_shape')
+  const rec = await stored(h, 'm_shape')
+
+  const res = await h.lookup('m_shape')
+  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.headers['cache-control'], 'no-store')
+  t.match(String(res.headers['content-type']), /^application\/json/)
+  const body = res.json()
+  t.same(Object.keys(body).sort(), ['access_token', 'expires_at', 'expires_in', 'merchant_id', 'scope', 'token_type'])
+  t.equal(body.merchant_id, 'm_shape')
+  t.equal(body.token_type, 'Bearer')
+  t.equal(body.access_token, rec.accessToken, 'the stored access token')
+  const claims = JSON.parse(Buffer.from(String(body.access_token).split('.')[1], 'base64url').toString()) as Record<string, unknown>
+  t.equal(claims.merchant_id, 'm_shape', 'the token CyberSource issued for this merchant')
+  t.match(body.expires_at, ISO)
+  t.equal(Date.parse(body.expires_at), rec.accessTokenExpiresAt)
+  t.type(body.expires_in, 'number')
+  t.ok(Number.isInteger(body.expires_in))
+  t.ok(body.expires_in >= 895 && body.expires_in <= 900, `expires_in ≈ 899 (${body.expires_in})`)
+  t.equal(body.scope, SCOPE)
+
+  const st = await h.status('m_shape')
+  t.equal(st.statusCode, 200, st.body)
+  const s = st.json()
+  t.same(Object.keys(s).sort(), [
+    'access_token_expires_at', 'client_status', 'connected_at', 'last_refreshed_at', 'merchant_id',
+    'refresh_token_expires_at', 'scope', 'status'
+  ])
+  t.match(s, { merchant_id: 'm_shape', status: 'connected', scope: SCOPE, client_status: 'active', last_refreshed_at: null })
+  for (const f of ['connected_at', 'access_token_expires_at', 'refresh_token_expires_at']) t.match(s[f], ISO, f)
+  t.equal(s.access_token_expires_at, body.expires_at)
+  t.ok(Date.parse(s.connected_at) <= Date.now() && Date.parse(s.connected_at) > Date.now() - 60_000, 'connected just now')
+  const year = Date.parse(s.refresh_token_expires_at) - Date.parse(s.connected_at)
+  t.ok(Math.abs(year - 365 * 24 * 3600_000) < 60_000, 'refresh token lives a year')
+  t.notOk(st.body.includes(rec.accessToken), 'no access token in the status')
+
+  const list = await h.call('GET', '/internal/v1/merchants')
+  t.equal(list.statusCode, 200)
+  t.same(list.json(), { items: [s], next_cursor: null })
+  t.notOk(list.body.includes(rec.accessToken), 'no access token in the list')
+
+  // Redis holds no plaintext token.
+  const raw = await h.redis.hgetall(`${h.b.config.redisKeyPrefix}merchant:{m_shape}`)
+  const dump = JSON.stringify(raw)
+  t.ok(Object.keys(raw).length > 0)
+  t.notOk(dump.includes(rec.accessToken) || dump.includes(rec.refreshToken), 'tokens encrypted at rest')
+
+  await h.assertNoRefreshTokenLeaked(t, ['m_shape'])
+})
+
+t.test('list pagination', async t => {
+  const h = await harness(t)
+  const mids = Array.from({ length: 7 }, (_, i) => `m_page_${i}`)
+  for (const mid of mids) await h.onboard(mid)
+  // Keys that are not merchant records must not show up (and make SCAN take several batches).
+  const filler = h.redis.pipeline()
+  for (let i = 0; i < 1500; i++) filler.set(`${h.b.config.redisKeyPrefix}other:${i}`, 'x')
+  for (let i = 0; i < 300; i++) filler.set(`unrelated:merchant:{m_page_x${i}}`, 'x')
+  await filler.exec()
+  await h.redis.set(`${h.b.config.redisKeyPrefix}lock:{m_page_0}`, 'someone', 'PX', 60_000)
+
+  for (const limit of [3, 1, 2, 6, 7]) {
+    await t.test(`limit=${limit}`, async t => {
+      const got: string[] = []
+      const sizes: number[] = []
+      let cursor: string | null = null
+      let pages = 0
+      do {
+        const res = await h.call('GET', `/internal/v1/merchants?limit=${limit}${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)
+        t.equal(res.statusCode, 200, res.body)
+        const page = res.json() as { items: Array<{ merchant_id: string, status: string }>, next_cursor: string | null }
+        t.ok(page.items.length <= limit, `page ${pages}: at most ${limit} items`)
+        for (const item of page.items) t.equal(item.status, 'connected')
+        got.push(...page.items.map(i => i.merchant_id))
+        sizes.push(page.items.length)
+        cursor = page.next_cursor
+        pages++
+      } while (cursor !== null && pages < 20)
+      t.equal(cursor, null, 'the last page has next_cursor null')
+      t.same(got.slice().sort(), mids, 'every merchant exactly once')
+      t.ok(sizes.slice(0, -1).every(n => n === limit), `every page but the last is full (${sizes.join(',')})`)
+      // A page that ends exactly on the last merchant may be followed by one empty page
+      // (SCAN cannot know that nothing follows); a partial page is always the last.
+      t.ok(pages === Math.ceil(7 / limit) || (7 % limit === 0 && pages === 7 / limit + 1 && sizes.at(-1) === 0), `${pages} pages`)
+      if (limit === 3) t.same(sizes, [3, 3, 1], '7 merchants, 3 per page: 3 pages')
+    })
+  }
+
+  const all = await h.call('GET', '/internal/v1/merchants')
+  t.equal(all.json().items.length, 7, 'default limit covers them all')
+  t.equal(all.json().next_cursor, null)
+
+  for (const cursor of ['garbage', Buffer.from('9:0:0').toString('base64url'), Buffer.from('0:abc:0').toString('base64url'), Buffer.from('0:0').toString('base64url')]) {
+    const res = await h.call('GET', `/internal/v1/merchants?limit=3&cursor=${encodeURIComponent(cursor)}`)
+    t.equal(res.statusCode, 400, `bad cursor ${cursor}`)
+    t.equal(errorCode(res), 'invalid_request')
+  }
+  await h.assertNoRefreshTokenLeaked(t, mids)
+})
+
+t.test('forced refresh', async t => {
+  const h = await harness(t)
+  await h.onboard('m_force')
+  const before = (await h.lookup('m_force')).json()
+  const rec = await stored(h, 'm_force')
+  h.advance(60_000)
+
+  const res = await h.call('POST', '/internal/v1/merchants/m_force/refresh')
+  t.equal(res.statusCode, 200, res.body)
+  const s = res.json()
+  t.match(s, { merchant_id: 'm_force', status: 'connected', scope: SCOPE })
+  t.match(s.last_refreshed_at, ISO)
+  t.ok(Math.abs(Date.parse(s.last_refreshed_at) - h.now()) < 10_000, 'last_refreshed_at is now (by the service clock)')
+  t.ok(Date.parse(s.access_token_expires_at) > Date.parse(before.expires_at), 'a later expiry')
+  t.notOk(res.body.includes(rec.accessToken), 'no token in the status')
+  t.equal(h.b.sim.control.stats().refreshes, 1, 'one refresh at CyberSource')
+  const sent = h.b.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token')
+  t.equal(sent.length, 1)
+  t.equal(sent[0]?.form.refresh_token, rec.refreshToken, 'the stored refresh token was used')
+
+  const after = await h.lookup('m_force')
+  t.equal(after.statusCode, 200)
+  t.not(after.json().access_token, before.access_token, 'the lookup returns the new token')
+  t.equal(after.json().expires_at, s.access_token_expires_at)
+  t.equal((await stored(h, 'm_force')).accessToken, after.json().access_token)
+  t.equal((await h.status('m_force')).json().last_refreshed_at, s.last_refreshed_at)
+  t.equal(h.b.sim.control.stats().refreshes, 1, 'the lookup did not refresh again')
+  await h.assertNoRefreshTokenLeaked(t, ['m_force'])
+})
+
+t.test('delete', async t => {
+  const h = await harness(t)
+  const other = await build(t, { redis: h.b.redis, simulator: h.b.sim, secrets: h.b.secrets, now: h.now })
+  await h.onboard('m_del')
+  await h.onboard('m_keep')
+  const oldToken = (await h.lookup('m_del')).json().access_token as string
+  // A second replica with the token cached.
+  const cached = await other.app.inject({ url: '/internal/v1/merchants/m_del/access-token', headers: other.auth })
+  t.equal(cached.json().access_token, oldToken)
+  await h.redis.set(`${h.b.config.redisKeyPrefix}lock:{m_del}`, 'someone', 'PX', 60_000)
+  const keysOf = async (mid: string): Promise<string[]> => {
+    const found: string[] = []
+    let cursor = '0'
+    do {
+      const [next, batch] = await h.redis.scan(cursor, 'MATCH', `*${mid}*`, 'COUNT', 1000)
+      found.push(...batch)
+      cursor = next
+    } while (cursor !== '0')
+    return found
+  }
+  t.ok((await keysOf('m_del')).length >= 2, 'record and lock exist before')
+
+  const del = await h.call('DELETE', '/internal/v1/merchants/m_del')
+  t.equal(del.statusCode, 204)
+  t.equal(del.body, '')
+  t.same(await keysOf('m_del'), [], 'every key of the merchant is gone')
+  for (const res of [await h.lookup('m_del'), await h.status('m_del'), await h.call('POST', '/internal/v1/merchants/m_del/refresh')]) {
+    t.equal(res.statusCode, 404)
+    t.equal(errorCode(res), 'merchant_not_found')
+  }
+  const again = await h.call('DELETE', '/internal/v1/merchants/m_del')
+  t.equal(again.statusCode, 404, 'second delete')
+  t.equal(errorCode(again), 'merchant_not_found')
+  t.same((await h.call('GET', '/internal/v1/merchants')).json().items.map((i: { merchant_id: string }) => i.merchant_id), ['m_keep'])
+  t.equal((await h.lookup('m_keep')).statusCode, 200, 'other merchants untouched')
+  t.equal(h.b.sim.control.stats().refreshes, 0)
+
+  // The other replica drops its cached copy (pub/sub).
+  t.ok(await until(async () => (await other.app.inject({ url: '/internal/v1/merchants/m_del/access-token', headers: other.auth })).statusCode === 404, 3000),
+    'the other replica stops serving the deleted merchant')
+
+  await t.test('re-onboarding after delete', async t => {
+    await h.onboard('m_del')
+    const res = await h.lookup('m_del')
+    t.equal(res.statusCode, 200)
+    t.not(res.json().access_token, oldToken, 'a new token')
+    t.match((await h.status('m_del')).json(), { status: 'connected', last_refreshed_at: null })
+    const o = await other.app.inject({ url: '/internal/v1/merchants/m_del/access-token', headers: other.auth })
+    t.equal(o.statusCode, 200)
+    t.equal(o.json().access_token, res.json().access_token)
+  })
+  await h.assertNoRefreshTokenLeaked(t, ['m_del', 'm_keep'])
+})
+
+async function expectReauthorization (t: Test, h: Harness, mid: string, healthy: () => void): Promise<void> {
+  const refreshesBefore = refreshRequests(h.b)
+  t.equal(refreshesBefore, 1, 'one refresh attempt was made')
+  const st = await h.status(mid)
+  t.equal(st.statusCode, 200)
+  t.equal(st.json().status, 'reauthorization_required')
+  healthy()
+  h.advance(2000)
+  for (let i = 0; i < 3; i++) {
+    const res = await h.lookup(mid)
+    t.equal(res.statusCode, 409, 'still 409 with CyberSource healthy')
+    t.equal(errorCode(res), 'reauthorization_required')
+  }
+  const forced = await h.call('POST', `/internal/v1/merchants/${mid}/refresh`)
+  t.equal(forced.statusCode, 409, 'forced refresh: 409')
+  t.equal(errorCode(forced), 'reauthorization_required')
+  t.equal((await h.status(mid)).json().status, 'reauthorization_required')
+  const listed = (await h.call('GET', '/internal/v1/merchants')).json().items.find((i: { merchant_id: string }) => i.merchant_id === mid)
+  t.equal(listed?.status, 'reauthorization_required', 'the list agrees')
+  t.equal(refreshRequests(h.b), refreshesBefore, 'CyberSource is not asked again with a dead refresh token')
+
+  await h.onboard(mid)
+  t.equal((await h.status(mid)).json().status, 'connected', 'a new onboarding connects it again')
+  const res = await h.lookup(mid)
+  t.equal(res.statusCode, 200, `lookup after the new onboarding: ${res.body}`)
+  t.equal(res.json().access_token, (await stored(h, mid)).accessToken)
+  t.ok(res.json().expires_in > 800)
+}
+
+t.test('refresh token rejected → 409 reauthorization_required until a new onboarding', async t => {
+  await t.test('revoked at CyberSource', async t => {
+    const h = await harness(t)
+    await h.onboard('m_revoked')
+    t.equal((await h.lookup('m_revoked')).statusCode, 200)
+    t.equal(h.b.sim.control.revokeRefreshTokens('m_revoked'), 1)
+    h.advance(NEARLY_EXPIRED_MS)
+    const res = await h.lookup('m_revoked')
+    t.equal(res.statusCode, 409, res.body)
+    t.equal(errorCode(res), 'reauthorization_required')
+    await expectReauthorization(t, h, 'm_revoked', () => {})
+    await h.assertNoRefreshTokenLeaked(t, ['m_revoked'])
+  })
+
+  await t.test('invalid_grant fault (HTTP 400 and HTTP 500)', async t => {
+    for (const oauthErrorStatus of [400, 500]) {
+      const h = await harness(t, { sim: { oauthErrorStatus } })
+      const mid = `m_grant_${oauthErrorStatus}`
+      await h.onboard(mid)
+      t.equal((await h.lookup(mid)).statusCode, 200)
+      h.b.sim.control.setBehavior({ fault: 'invalid_grant', grantType: 'refresh_token' })
+      h.advance(NEARLY_EXPIRED_MS)
+      const res = await h.lookup(mid)
+      t.equal(res.statusCode, 409, `${oauthErrorStatus}: ${res.body}`)
+      t.equal(errorCode(res), 'reauthorization_required')
+      await expectReauthorization(t, h, mid, () => h.b.sim.control.setBehavior({}))
+    }
+  })
+
+  await t.test('rejected during a background refresh: the token in hand is still served, then 409', async t => {
+    const h = await harness(t)
+    await h.onboard('m_bg_revoked')
+    const token = (await h.lookup('m_bg_revoked')).json().access_token
+    h.b.sim.control.revokeRefreshTokens('m_bg_revoked')
+    h.advance(PAST_REFRESH_POINT_MS)
+    const first = await h.lookup('m_bg_revoked')
+    t.equal(first.statusCode, 200, 'answered at once with the current token')
+    t.equal(first.json().access_token, token)
+    t.ok(await until(async () => (await h.status('m_bg_revoked')).json().status === 'reauthorization_required', 5000), 'marked after the background refresh')
+    const res = await h.lookup('m_bg_revoked')
+    t.equal(res.statusCode, 409)
+    t.equal(errorCode(res), 'reauthorization_required')
+  })
+})
+
+t.test('CyberSource unavailable', async t => {
+  for (const fault of ['error_500_empty', 'drop', 'error_502_html', 'error_500_oauth'] as const) {
+    await t.test(fault, async t => {
+      const h = await harness(t)
+      await h.onboard('m_down')
+      const old = (await h.lookup('m_down')).json()
+      h.b.sim.control.setBehavior({ fault, grantType: 'refresh_token' })
+
+      // Past the refresh point with 180 s left: the current token is served.
+      h.advance(PAST_REFRESH_POINT_MS)
+      const res = await h.lookup('m_down')
+      t.equal(res.statusCode, 200, res.body)
+      t.equal(res.json().access_token, old.access_token)
+      t.ok(res.json().expires_in >= 170 && res.json().expires_in <= 180, `expires_in ${res.json().expires_in}`)
+      t.ok(await until(() => refreshRequests(h.b) >= 1, 5000), 'a background refresh was attempted')
+      for (let i = 0; i < 5; i++) {
+        const again = await h.lookup('m_down')
+        t.equal(again.statusCode, 200)
+        t.equal(again.json().access_token, old.access_token)
+      }
+      t.equal((await h.status('m_down')).json().status, 'connected')
+
+      // < 60 s left: nothing valid to serve.
+      h.advance(NEARLY_EXPIRED_MS - PAST_REFRESH_POINT_MS)
+      const down = await h.lookup('m_down')
+      t.equal(down.statusCode, 503, down.body)
+      t.equal(errorCode(down), 'upstream_unavailable')
+      t.notOk(down.body.includes(old.access_token))
+      const forced = await h.call('POST', '/internal/v1/merchants/m_down/refresh')
+      t.equal(forced.statusCode, 503, 'forced refresh: 503')
+      t.equal(errorCode(forced), 'upstream_unavailable')
+      t.equal((await h.status('m_down')).json().status, 'connected', 'still connected')
+      t.equal(h.b.sim.control.stats().refreshes, 0)
+      t.equal((await stored(h, 'm_down')).accessToken, old.access_token, 'the stored pair is untouched')
+
+      // CyberSource is back; the service holds a failure for 1 s per merchant.
+      h.b.sim.control.setBehavior({})
+      h.advance(1100)
+      const back = await h.lookup('m_down')
+      t.equal(back.statusCode, 200, back.body)
+      t.not(back.json().access_token, old.access_token, 'a new token')
+      t.ok(back.json().expires_in >= 895, `a full lifetime (${back.json().expires_in})`)
+      t.equal(h.b.sim.control.stats().refreshes, 1, 'exactly one successful refresh')
+      await h.assertNoRefreshTokenLeaked(t, ['m_down'])
+    })
+  }
+})
+
+t.test('partner credentials rejected (invalid_client) → 503, error log, merchant stays connected', async t => {
+  const h = await harness(t)
+  await h.onboard('m_client')
+  const old = (await h.lookup('m_client')).json()
+  h.b.sim.control.setBehavior({ fault: 'invalid_client', grantType: 'refresh_token' })
+  h.advance(NEARLY_EXPIRED_MS)
+  const res = await h.lookup('m_client')
+  t.equal(res.statusCode, 503, res.body)
+  t.equal(errorCode(res), 'upstream_unavailable')
+  const errors = h.b.logs.lines().filter(l => l.level === 50 && /partner credentials/.test(String(l.msg)))
+  t.equal(errors.length, 1, 'one error-level line about the partner credentials')
+  t.match(errors[0], { merchant_id: 'm_client', oauth_error: 'invalid_client' })
+  t.notOk(h.b.logs.text().includes(h.b.secrets.clientSecret), 'the client secret is not logged')
+  t.equal((await h.status('m_client')).json().status, 'connected', 'not the merchant\'s fault')
+  t.equal(refreshRequests(h.b), 1, 'invalid_client is not retried')
+
+  h.b.sim.control.setBehavior({})
+  h.advance(1100)
+  const back = await h.lookup('m_client')
+  t.equal(back.statusCode, 200, back.body)
+  t.not(back.json().access_token, old.access_token)
+  t.equal(h.b.sim.control.stats().refreshes, 1)
+})
+
+t.test('Redis down', async t => {
+  const redis = await startRedis(t, ['--appendonly', 'yes', '--appendfsync', 'always'])
+  const h = await harness(t, { redis })
+  await h.onboard('m_redis')
+  await h.onboard('m_redis_cold')
+  const token = (await h.lookup('m_redis')).json().access_token
+  t.equal((await h.b.app.inject({ url: '/health/ready' })).statusCode, 200)
+
+  await redis.stop()
+  t.ok(await until(async () => (await h.b.app.inject({ url: '/health/ready' })).statusCode === 503, 3000), 'readiness reports the outage')
+  const hot = await h.lookup('m_redis')
+  t.equal(hot.statusCode, 200, 'a cached fresh token is still served')
+  t.equal(hot.json().access_token, token)
+  const expect503 = async (res: { statusCode: number, body: string }, what: string): Promise<void> => {
+    t.equal(res.statusCode, 503, `${what}: ${res.body}`)
+    t.equal(errorCode(res), 'storage_unavailable', what)
+  }
+  await expect503(await h.status('m_redis'), 'status')
+  await expect503(await h.lookup('m_redis_cold'), 'lookup of a token not in memory')
+  await expect503(await h.lookup('m_unknown'), 'lookup of an unknown merchant')
+  await expect503(await h.call('GET', '/internal/v1/merchants'), 'list')
+  await expect503(await h.call('POST', '/internal/v1/merchants/m_redis/refresh'), 'forced refresh')
+  await expect503(await h.call('DELETE', '/internal/v1/merchants/m_redis'), 'delete')
+  const link = await h.b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: h.b.auth, payload: {} })
+  await expect503(link, 'onboarding link')
+  t.equal((await h.b.app.inject({ url: '/health/live' })).statusCode, 200, 'the process stays up')
+  t.equal(h.b.sim.control.stats().refreshes, 0, 'no refresh while storage is down')
+
+  await redis.start()
+  t.ok(await until(async () => (await h.status('m_redis')).statusCode === 200, 5000), 'the status route recovers')
+  t.ok(await until(async () => (await h.b.app.inject({ url: '/health/ready' })).statusCode === 200, 5000), 'ready again')
+  t.equal((await h.status('m_redis')).json().status, 'connected', 'nothing was lost')
+  t.equal((await h.lookup('m_redis_cold')).statusCode, 200)
+  t.equal((await h.lookup('m_redis')).json().access_token, token)
+  const del = await h.call('DELETE', '/internal/v1/merchants/m_redis_cold')
+  t.equal(del.statusCode, 204, 'the delete that failed works now')
+})
+
+t.test('Redis down while a refresh is due → 503 storage_unavailable, then it refreshes', async t => {
+  const redis = await startRedis(t, ['--appendonly', 'yes', '--appendfsync', 'always'])
+  const h = await harness(t, { redis })
+  await h.onboard('m_redis_due')
+  const token = (await h.lookup('m_redis_due')).json().access_token
+  await redis.stop()
+  h.advance(NEARLY_EXPIRED_MS)
+  const res = await h.lookup('m_redis_due')
+  t.equal(res.statusCode, 503, res.body)
+  t.equal(errorCode(res), 'storage_unavailable')
+  t.notOk(res.body.includes(token))
+  await redis.start()
+  t.ok(await until(async () => (await h.lookup('m_redis_due')).statusCode === 200, 5000), 'recovers')
+  const after = await h.lookup('m_redis_due')
+  t.not(after.json().access_token, token, 'a new token after recovery')
+  t.equal(h.b.sim.control.stats().refreshes, 1)
+})

@@ -1,0 +1,151 @@
+// The onboarding state store against a private Redis: single use, atomic consume, TTL, and no Redis
+// round trip for values that cannot be a state.
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Redis } from 'ioredis'
+import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { createRedisClient, waitReady } from '../../src/redis-client.js'
+import { createRedisKeys } from '../../src/redis-keys.js'
+import { createStateStore, type StateStore } from '../../src/state-store.js'
+import { StorageUnavailableError } from '../../src/errors.js'
+
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
+
+const PREFIX = 'test:'
+const keys = createRedisKeys(PREFIX)
+
+/** A client with the service's own request-path settings (no offline queue, command timeout). */
+async function client (t: Tap, server: TestRedis): Promise<Redis> {
+  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
+  redis.on('error', () => {})
+  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  t.teardown(() => { redis.disconnect() })
+  return redis
+}
+
+async function setup (t: Tap, ttlSeconds = 600, now?: () => number): Promise<{ server: TestRedis, redis: Redis, store: StateStore }> {
+  const server = await startRedis(t)
+  const redis = await client(t, server)
+  return { server, redis, store: createStateStore(redis, keys, { ttlSeconds, now }) }
+}
+
+/**
+ * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
+ * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
+ */
+async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
+  await server.stop()
+  try {
+    return await fn()
+  } finally {
+    await server.start()
+  }
+}
+
+async function allKeys (redis: Redis): Promise<string[]> {
+  const out: string[] = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await redis.scan(cursor, 'COUNT', 1000)
+    out.push(...batch)
+    cursor = next
+  } while (cursor !== '0')
+  return out
+}
+
+t.test('create stores a fresh 256-bit state under the prefix with the TTL', async t => {
+  const { redis, store } = await setup(t, 600)
+  const before = Date.now()
+  const { state, expiresAt } = await store.create('m_1')
+  t.match(state, /^[A-Za-z0-9_-]{43}$/, '43 base64url characters')
+  t.ok(expiresAt.getTime() >= before + 600_000 && expiresAt.getTime() <= Date.now() + 600_000, 'expiresAt = now + TTL')
+  const stored = await allKeys(redis)
+  t.same(stored, [keys.state(state)], 'one key, the state key')
+  t.ok(stored[0].startsWith(PREFIX), 'under the prefix')
+  t.notOk(stored[0].includes(state), 'the key does not contain the state value')
+  t.notMatch(String(await redis.get(stored[0])), state, 'nor does the value')
+  const ttl = await redis.ttl(stored[0])
+  t.ok(ttl > 595 && ttl <= 600, `TTL ≈ 600 s, got ${ttl}`)
+
+  const many = new Set<string>()
+  for (let i = 0; i < 100; i++) many.add((await store.create()).state)
+  t.equal(many.size, 100, 'states do not repeat')
+})
+
+t.test('consume returns the record once', async t => {
+  const { redis, store } = await setup(t)
+  const bound = await store.create('m_bound')
+  const unbound = await store.create()
+  const first = await store.consume(bound.state)
+  t.equal(first?.merchantId, 'm_bound', 'the bound merchant comes back')
+  t.type(first?.createdAt, 'number')
+  t.equal(await store.consume(bound.state), undefined, 'a second consume finds nothing')
+  t.equal(await redis.exists(keys.state(bound.state)), 0, 'the key is gone')
+
+  const u = await store.consume(unbound.state)
+  t.ok(u !== undefined, 'an unbound state is consumed')
+  t.equal(u?.merchantId, undefined, 'without a merchant')
+  t.equal(await store.consume(unbound.state), undefined)
+  t.same(await allKeys(redis), [], 'nothing left')
+})
+
+t.test('consume of a value that cannot be a state does not touch Redis', async t => {
+  const { redis, store } = await setup(t)
+  const { state } = await store.create('m_1')
+  const garbage = ['', 'abc', `${state}x`, state.slice(1), `${state.slice(0, 42)}.`, `${state.slice(0, 42)}=`, '*', 'state:*', '../x', ' '.repeat(43), 'a'.repeat(2049), `${state}\n`]
+  await redis.config('RESETSTAT')
+  for (const g of garbage) t.equal(await store.consume(g), undefined, `garbage ${JSON.stringify(g.slice(0, 20))}`)
+  const stats = String(await redis.info('commandstats'))
+  t.notMatch(stats, /cmdstat_(getdel|get|del|eval|evalsha|fcall)[:,]/, 'no read or delete reached Redis')
+  t.equal(await redis.exists(keys.state(state)), 1, 'the real state is untouched')
+
+  // And with Redis gone, garbage still answers (no command was attempted).
+  const { server: down, store: offline } = await setup(t)
+  await withRedisStopped(down, async () => {
+    t.equal(await offline.consume('abc'), undefined, 'garbage with Redis down: undefined, no storage error')
+    await t.rejects(offline.consume(state), StorageUnavailableError, 'a well-formed state with Redis down: storage error')
+  })
+})
+
+t.test('50 concurrent consumes of one state: exactly one record', async t => {
+  const { server, redis, store } = await setup(t)
+  // Several connections, so the consumes really interleave at the server.
+  const stores = [store]
+  for (let i = 0; i < 9; i++) stores.push(createStateStore(await client(t, server), keys, { ttlSeconds: 600 }))
+  for (let round = 0; round < 5; round++) {
+    const { state } = await store.create(`m_${round}`)
+    const results = await Promise.all(Array.from({ length: 50 }, async (_, i) => await stores[i % stores.length].consume(state)))
+    const got = results.filter(r => r !== undefined)
+    t.equal(got.length, 1, `round ${round}: exactly one consumer got the record`)
+    t.equal(got[0]?.merchantId, `m_${round}`)
+  }
+  t.same(await allKeys(redis), [], 'nothing left')
+})
+
+t.test('a state expires: Redis TTL, and the clock guard', async t => {
+  const { redis, store } = await setup(t, 1)
+  const { state } = await store.create('m_1')
+  const pttl = await redis.pttl(keys.state(state))
+  t.ok(pttl > 0 && pttl <= 1000, `PTTL ≤ 1 s, got ${pttl}`)
+  await sleep(1500)
+  t.equal(await redis.exists(keys.state(state)), 0, 'Redis expired it')
+  t.equal(await store.consume(state), undefined, 'an expired state is not returned')
+
+  const clock = { ms: Date.now() }
+  const { redis: r2, store: guarded } = await setup(t, 60, () => clock.ms)
+  const late = await guarded.create('m_2')
+  const onTime = await guarded.create('m_3')
+  clock.ms += 60_001
+  t.equal(await r2.exists(keys.state(late.state)), 1, 'still in Redis')
+  t.equal(await guarded.consume(late.state), undefined, 'older than the TTL by the clock: not returned')
+  t.equal(await r2.exists(keys.state(late.state)), 0, 'and consumed all the same')
+  clock.ms -= 1001
+  t.equal((await guarded.consume(onTime.state))?.merchantId, 'm_3', 'within the TTL by the clock: returned')
+})
+
+t.test('Redis down: create fails with StorageUnavailableError', async t => {
+  const { server, store } = await setup(t)
+  await withRedisStopped(server, async () => {
+    await t.rejects(store.create('m_1'), StorageUnavailableError)
+  })
+})

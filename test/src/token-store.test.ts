@@ -1,0 +1,245 @@
+// The token store against a private Redis: encrypted round trip, compare-and-set versions, record
+// TTL, reauthorization marking, delete, and SCAN-based pagination.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { createRedisClient, waitReady } from '../../src/redis-client.js'
+import { createRedisKeys } from '../../src/redis-keys.js'
+import { createKeyRing } from '../../src/key-ring.js'
+import { createTokenStore, RECORD_GRACE_MS, type NewRecord, type TokenStore } from '../../src/token-store.js'
+import { InvalidRequestError, StorageUnavailableError } from '../../src/errors.js'
+
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
+
+const PREFIX = 'ts:'
+const keys = createRedisKeys(PREFIX)
+const ring = createKeyRing([{ kid: 'k1', key: randomBytes(32) }])
+const HOUR = 3600_000
+
+async function setup (t: Tap): Promise<{ server: TestRedis, redis: Redis, store: TokenStore }> {
+  const server = await startRedis(t)
+  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
+  redis.on('error', () => {})
+  t.teardown(() => { redis.disconnect() })
+  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  return { server, redis, store: createTokenStore(redis, ring, keys) }
+}
+
+const token = (kind: string): string => `${kind}.${randomBytes(24).toString('base64url')}.${randomBytes(64).toString('base64url')}`
+
+function record (merchantId: string, overrides: Partial<NewRecord> = {}): NewRecord {
+  const now = Date.now()
+  return {
+    merchantId,
+    status: 'connected',
+    scope: 'payments transactions',
+    clientStatus: 'active',
+    connectedAt: now,
+    accessTokenExpiresAt: now + 15 * 60_000,
+    refreshTokenExpiresAt: now + 365 * 24 * HOUR,
+    lastRefreshedAt: null,
+    accessToken: token('at'),
+    refreshToken: token('rt'),
+    ...overrides
+  }
+}
+
+/**
+ * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
+ * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
+ */
+async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
+  await server.stop()
+  try {
+    return await fn()
+  } finally {
+    await server.start()
+  }
+}
+
+async function allKeys (redis: Redis): Promise<string[]> {
+  const out: string[] = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await redis.scan(cursor, 'COUNT', 1000)
+    out.push(...batch)
+    cursor = next
+  } while (cursor !== '0')
+  return out
+}
+
+t.test('put and get: encrypted round trip', async t => {
+  const { redis, store } = await setup(t)
+  t.equal(await store.get('m_1'), undefined, 'unknown merchant: undefined')
+  t.equal(await store.getMeta('m_1'), undefined)
+  const r = record('m_1', { lastRefreshedAt: Date.now() - 1000 })
+  t.equal(await store.put(r), 1, 'first version is 1')
+  const got = await store.get('m_1')
+  t.same(got, { ...r, version: 1 }, 'every field comes back')
+  const meta = await store.getMeta('m_1')
+  const { accessToken: _a, refreshToken: _r, ...metadata } = r
+  t.same(meta, { ...metadata, version: 1 }, 'metadata without tokens')
+  t.notOk(meta !== undefined && ('accessToken' in meta || 'refreshToken' in meta), 'getMeta carries no token')
+
+  const nullRefresh = record('m_null')
+  await store.put(nullRefresh)
+  t.equal((await store.get('m_null'))?.lastRefreshedAt, null, 'lastRefreshedAt null survives')
+
+  t.same(await allKeys(redis).then(k => k.sort()), [keys.merchant('m_1'), keys.merchant('m_null')], 'one key per merchant, under the prefix')
+  const hash = await redis.hgetall(keys.merchant('m_1'))
+  const dump = JSON.stringify(hash)
+  for (const secret of [r.accessToken, r.refreshToken, r.accessToken.split('.')[1], r.refreshToken.split('.')[2]]) {
+    t.notOk(dump.includes(secret), 'no token or token segment in plaintext')
+  }
+  t.equal(ring.decrypt(hash.access_token_enc, 'm_1', 'access_token'), r.accessToken, 'access_token_enc is the key ring envelope')
+  t.equal(ring.decrypt(hash.refresh_token_enc, 'm_1', 'refresh_token'), r.refreshToken)
+})
+
+t.test('put with expectedVersion is compare-and-set', async t => {
+  const { store } = await setup(t)
+  const r1 = record('m_cas')
+  t.equal(await store.put(r1), 1)
+  const r2 = record('m_cas', { lastRefreshedAt: Date.now() })
+  t.equal(await store.put(r2, 1), 2, 'the expected version matches: written, version 2')
+  const stale = record('m_cas')
+  t.equal(await store.put(stale, 1), undefined, 'a stale expected version: not written')
+  const now = await store.get('m_cas')
+  t.equal(now?.version, 2, 'version unchanged')
+  t.equal(now?.accessToken, r2.accessToken, 'the newer pair is kept')
+  t.equal(now?.refreshToken, r2.refreshToken)
+  t.equal(await store.put(record('m_cas'), 3), undefined, 'a future version: not written')
+  t.equal(await store.put(record('m_cas'), 0), undefined, 'version 0: not written')
+  t.equal((await store.get('m_cas'))?.accessToken, r2.accessToken)
+  const r3 = record('m_cas')
+  t.equal(await store.put(r3), 3, 'an unconditional put still increments')
+  t.equal((await store.get('m_cas'))?.accessToken, r3.accessToken)
+  t.equal(await store.put(record('m_none'), 1), undefined, 'expected version on a missing record: not written')
+  t.equal(await store.get('m_none'), undefined, 'and nothing created')
+
+  // Two writers racing from the same version: exactly one wins.
+  const results = await Promise.all(Array.from({ length: 20 }, async () => await store.put(record('m_cas'), 3)))
+  t.equal(results.filter(v => v === 4).length, 1, 'one of 20 concurrent CAS writes wins')
+  t.equal(results.filter(v => v === undefined).length, 19)
+})
+
+t.test('the record lives until the refresh token expires plus RECORD_GRACE_MS', async t => {
+  const { redis, store } = await setup(t)
+  for (const lifetime of [HOUR, 365 * 24 * HOUR, -HOUR]) {
+    const expiresAt = Date.now() + lifetime
+    await store.put(record('m_ttl', { refreshTokenExpiresAt: expiresAt }))
+    const before = Date.now()
+    const pttl = await redis.pttl(keys.merchant('m_ttl'))
+    // Redis and Node clocks round differently: a few ms of slack above, seconds below.
+    const expected = expiresAt + RECORD_GRACE_MS - before
+    t.ok(pttl <= expected + 5 && pttl > expected - 5000, `refresh token ${lifetime / HOUR} h: PTTL ${pttl} ≈ ${expected}`)
+  }
+  t.equal(await store.markReauthorizationRequired('m_ttl', 3), 4)
+  t.ok(await redis.pttl(keys.merchant('m_ttl')) > 0, 'marking keeps the expiry')
+})
+
+t.test('markReauthorizationRequired is compare-and-set and keeps the tokens', async t => {
+  const { store } = await setup(t)
+  const r = record('m_re')
+  await store.put(r)
+  t.equal(await store.markReauthorizationRequired('m_re', 2), undefined, 'stale version: not marked')
+  t.equal((await store.getMeta('m_re'))?.status, 'connected')
+  t.equal(await store.markReauthorizationRequired('m_re', 1), 2, 'current version: marked, version 2')
+  const got = await store.get('m_re')
+  t.equal(got?.status, 'reauthorization_required')
+  t.equal(got?.accessToken, r.accessToken, 'tokens kept')
+  t.equal(got?.refreshToken, r.refreshToken)
+  t.equal(await store.markReauthorizationRequired('m_re', 1), undefined, 'the old version no longer matches')
+  t.equal(await store.markReauthorizationRequired('m_missing', 1), undefined, 'missing merchant: undefined')
+  t.equal(await store.get('m_missing'), undefined, 'and nothing created')
+  t.equal(await store.put(record('m_re'), 2), 3, 'a new onboarding over it')
+  t.equal((await store.getMeta('m_re'))?.status, 'connected')
+})
+
+t.test('delete removes the record and the lock key', async t => {
+  const { redis, store } = await setup(t)
+  await store.put(record('m_del'))
+  await store.put(record('m_keep'))
+  await redis.set(keys.lock('m_del'), 'owner', 'PX', 60_000)
+  await redis.set(keys.lock('m_keep'), 'owner', 'PX', 60_000)
+  t.equal(await store.delete('m_del'), true)
+  t.equal(await redis.exists(keys.merchant('m_del')), 0, 'record gone')
+  t.equal(await redis.exists(keys.lock('m_del')), 0, 'lock gone')
+  t.equal(await store.get('m_del'), undefined)
+  t.equal(await store.delete('m_del'), false, 'second delete: false')
+  t.equal(await store.delete('m_never'), false, 'unknown merchant: false')
+  t.equal(await redis.exists(keys.merchant('m_keep')), 1, 'other merchant untouched')
+  t.equal(await redis.exists(keys.lock('m_keep')), 1, 'other lock untouched')
+  t.same((await allKeys(redis)).filter(k => k.includes('m_del')), [], 'no key of the deleted merchant is left')
+})
+
+t.test('list pages through 250 merchants, each exactly once', async t => {
+  const { redis, store } = await setup(t)
+  const empty = await store.list(100)
+  t.same(empty, { items: [], nextCursor: null }, 'empty store: no items, no cursor')
+
+  const ids = Array.from({ length: 250 }, (_, i) => `m_${String(i).padStart(3, '0')}`)
+  for (const id of ids) await store.put(record(id))
+  // Keys that are not merchant records, or not ours: never listed.
+  await redis.set(keys.lock('m_000'), 'x')
+  await redis.set(keys.state('s'), 'x')
+  await redis.hset('other:merchant:{intruder}', 'version', '1')
+  await redis.hset(`${PREFIX}merchantx:{intruder2}`, 'version', '1')
+
+  for (const limit of [100, 7, 250, 500]) {
+    const seen: string[] = []
+    let cursor: string | undefined
+    let pages = 0
+    for (;;) {
+      const page = await store.list(limit, cursor)
+      pages++
+      t.ok(page.items.length <= limit, `limit ${limit}: page ${pages} has at most ${limit} items`)
+      for (const m of page.items) {
+        seen.push(m.merchantId)
+        t.notOk('accessToken' in m || 'refreshToken' in m, 'list items carry no token')
+      }
+      if (page.nextCursor === null) break
+      t.type(page.nextCursor, 'string')
+      cursor = page.nextCursor
+      if (pages > 300) break
+    }
+    t.equal(seen.length, 250, `limit ${limit}: 250 items in total`)
+    t.same([...seen].sort(), ids, `limit ${limit}: every merchant exactly once`)
+    t.ok(pages >= Math.ceil(250 / limit), `limit ${limit}: ${pages} pages`)
+  }
+  const first = await store.list(100)
+  t.equal(first.items.length, 100, 'a full first page')
+  t.type(first.nextCursor, 'string', 'with a cursor')
+  t.equal(first.items[0].version, 1, 'items carry their metadata')
+  t.equal(first.items[0].status, 'connected')
+})
+
+t.test('list rejects a cursor it did not make', async t => {
+  const { store } = await setup(t)
+  for (const id of ['m_1', 'm_2', 'm_3']) await store.put(record(id))
+  const b64 = (s: string): string => Buffer.from(s).toString('base64url')
+  const bad = ['garbage', '!!!', '', 'a'.repeat(65), b64('1:0:0'), b64('9999:0:0'), b64('0:abc:0'), b64('0:0'), b64('-1:0:0'), b64('0:0:0:0'), b64(`0:0:${'9'.repeat(7)}`)]
+  for (const cursor of bad) {
+    let caught: unknown
+    try {
+      await store.list(10, cursor)
+    } catch (err) {
+      caught = err
+    }
+    t.ok(caught instanceof InvalidRequestError, `cursor ${JSON.stringify(cursor.slice(0, 20))}: InvalidRequestError`)
+  }
+  t.equal((await store.list(10, b64('0:0:0'))).items.length, 3, 'a well-formed cursor from the start works')
+})
+
+t.test('Redis down: every operation fails with StorageUnavailableError', async t => {
+  const { server, store } = await setup(t)
+  await store.put(record('m_1'))
+  await withRedisStopped(server, async () => {
+    await t.rejects(store.get('m_1'), StorageUnavailableError)
+    await t.rejects(store.getMeta('m_1'), StorageUnavailableError)
+    await t.rejects(store.put(record('m_1')), StorageUnavailableError)
+    await t.rejects(store.markReauthorizationRequired('m_1', 1), StorageUnavailableError)
+    await t.rejects(store.delete('m_1'), StorageUnavailableError)
+    await t.rejects(store.list(10), StorageUnavailableError)
+  })
+})
