@@ -44,9 +44,8 @@ function assertLimited (t: Test, res: Res, where: string): void {
   t.ok(Number(retryAfter) >= 1 && Number(retryAfter) <= WINDOW_SECONDS, `${where}: Retry-After within the window`)
   t.equal(res.headers.location, undefined, `${where}: no redirect to CyberSource`)
   // SPEC §2: browser-facing routes answer errors with an HTML page (or a redirect), the internal
-  // API with JSON. The 429 is rethrown to the root (JSON) handler by routes/oauth/index.ts.
-  t.match(String(res.headers['content-type']), /^text\/html/, `${where}: an HTML page for the browser`,
-    { todo: 'routes/oauth/index.ts answers the 429 with the internal API\'s JSON error shape' })
+  // API with JSON.
+  t.match(String(res.headers['content-type']), /^text\/html/, `${where}: an HTML page for the browser`)
 }
 
 t.test('the limit is shared by two instances on one Redis; the 6th request gets 429 with Retry-After', async t => {
