@@ -21,5 +21,8 @@ export default fp(async (app) => {
     observe: (grantType, outcome, seconds) => app.metrics.upstreamDuration.observe({ grant_type: grantType, outcome }, seconds)
   })
   app.decorate('tokenClient', client)
+  // Registered before the token service, so its preClose runs first: refreshes under way finish
+  // their current attempt instead of retrying through the shutdown grace period.
+  app.addHook('preClose', async () => { client.drain() })
   app.addHook('onClose', async () => { await client.close() })
 }, { name: 'cybersource', dependencies: ['config', 'metrics'] })

@@ -32,6 +32,7 @@ export default fp(async (app) => {
 
   // Counting merchants needs a SCAN of the key space: done at most every 30 s, on scrape.
   let counted: { at: number, counts: Record<string, number> } | undefined
+  let counting: Promise<Record<string, number>> | undefined
   const metrics: Metrics = {
     registry,
     lookups: new Counter({ name: 'cybs_token_lookups_total', help: 'Access-token lookups by outcome', labelNames: ['outcome'], registers }),
@@ -48,8 +49,10 @@ export default fp(async (app) => {
       registers,
       async collect () {
         if (counted === undefined || app.now() - counted.at > MERCHANT_GAUGE_TTL_MS) {
+          // Concurrent scrapes share one scan.
+          counting ??= app.tokenService.countByStatus().finally(() => { counting = undefined })
           try {
-            counted = { at: app.now(), counts: await app.tokenService.countByStatus() }
+            counted = { at: app.now(), counts: await counting }
           } catch {
             return // Redis away: keep the last values
           }

@@ -8,6 +8,7 @@ import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { UriTooLongError } from './errors.js'
 import { errorBody } from '../plugins/errors.js'
+import { renderPage } from './pages.js'
 import { loggerOptions } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
@@ -55,9 +56,13 @@ export function serverOptions (config: Config, opts: { pretty?: boolean } = {}):
     // Strict input: unknown body fields are rejected, not dropped, and no type is coerced (a
     // number is not a merchant id); query schemas therefore describe strings.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
-    // A malformed URL or an over-long path parameter is a 400 in the error shape, not Fastify's own body.
-    frameworkErrors: (err, request, reply) => {
-      return (reply as FastifyReply).code(400).header('x-correlation-id', request.id).send(errorBody('invalid_request', err.message, request.id))
+    // A malformed URL or an over-long path parameter: a 400 with a fixed message (Fastify's own
+    // echoes the URL, whose query may hold an authorization code), as a page on browser routes.
+    frameworkErrors: (_err, request, reply) => {
+      const r = (reply as FastifyReply).code(400).header('x-correlation-id', request.id)
+      return request.url.startsWith('/oauth/')
+        ? r.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(renderPage('Invalid request', ['The link you followed is malformed. Please start again from the partner portal.'], request.id))
+        : r.send(errorBody('invalid_request', 'The request URL is malformed', request.id))
     }
   }
 }

@@ -38,7 +38,7 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 30 }),
   RATE_LIMIT_WINDOW_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 60 }),
   INTERNAL_API_DOCS: Type.Boolean({ default: true }),
-  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 10000 }),
+  SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 20000 }),
   TRUST_PROXY: Type.Boolean({ default: false })
 })
 export type Env = Static<typeof EnvSchema>
@@ -108,7 +108,7 @@ const MIN_SECRET_LENGTH = 32
 
 type Problems = string[]
 
-function parseUrl (problems: Problems, name: string, value: string, protocols: string[]): string {
+function parseUrl (problems: Problems, name: string, value: string, protocols: string[], bareBase = false): string {
   let url: URL
   try {
     url = new URL(value)
@@ -120,6 +120,7 @@ function parseUrl (problems: Problems, name: string, value: string, protocols: s
     problems.push(`${name}: must use ${protocols.map(p => p.replace(':', '')).join(' or ')}`)
   }
   if (url.username !== '' || url.password !== '') problems.push(`${name}: must not carry credentials`)
+  if (bareBase && (url.search !== '' || url.hash !== '')) problems.push(`${name}: must not have a query string or fragment (paths are appended to it)`)
   return url.href
 }
 
@@ -172,9 +173,10 @@ function parseInternalApiKeys (problems: Problems, value: string): InternalApiKe
     if (sep < 0 || !CALLER_PATTERN.test(caller)) {
       problems.push(`${name}: entry ${i + 1} must be caller:secret with a caller of 1-64 [A-Za-z0-9_.-]`)
     } else if (secret.length < MIN_SECRET_LENGTH) {
-      problems.push(`${name}: the secret of caller "${caller}" must be at least ${MIN_SECRET_LENGTH} characters`)
+      // Named by position, never by the caller field: a reversed entry would print the secret.
+      problems.push(`${name}: entry ${i + 1} has a secret shorter than ${MIN_SECRET_LENGTH} characters`)
     } else if (keys.some(k => k.secret === secret)) {
-      problems.push(`${name}: the secret of caller "${caller}" is used twice`)
+      problems.push(`${name}: entry ${i + 1} repeats the secret of an earlier entry`)
     } else {
       keys.push({ caller, secret })
     }
@@ -259,7 +261,7 @@ function checkStructured (problems: Problems, raw: Record<string, string | undef
   const usable = (...names: string[]): boolean => names.every(n => !flagged.has(n))
   const get = (name: string): string | undefined => flagged.has(name) ? undefined : raw[name]
   const base = get('PUBLIC_BASE_URL')
-  if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'])
+  if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'], true)
   if (usable('REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES')) {
     parseRedis(problems, { REDIS_URL: raw.REDIS_URL, REDIS_SENTINELS: raw.REDIS_SENTINELS, REDIS_SENTINEL_NAME: raw.REDIS_SENTINEL_NAME, REDIS_CLUSTER_NODES: raw.REDIS_CLUSTER_NODES })
   }
@@ -283,7 +285,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   const e = validated.env
   const problems: Problems = []
 
-  const publicBaseUrl = parseUrl(problems, 'PUBLIC_BASE_URL', e.PUBLIC_BASE_URL, ['http:', 'https:']).replace(/\/+$/, '')
+  const publicBaseUrl = parseUrl(problems, 'PUBLIC_BASE_URL', e.PUBLIC_BASE_URL, ['http:', 'https:'], true).replace(/\/+$/, '')
   const upstreamProtocols = e.CYBS_ENVIRONMENT === 'simulator' ? ['http:', 'https:'] : ['https:']
   const defaults = CYBS_URLS[e.CYBS_ENVIRONMENT]
   const authorizeUrl = parseUrl(problems, 'CYBS_AUTHORIZE_URL', e.CYBS_AUTHORIZE_URL ?? defaults.authorize, upstreamProtocols)

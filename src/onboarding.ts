@@ -1,12 +1,12 @@
 // Merchant onboarding: builds the CyberSource authorize URL with a fresh state, and completes the
 // callback (state consumed first, then exactly one code exchange, then the tokens stored).
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import type { StateStore } from './state-store.js'
 import type { TokenStore } from './token-store.js'
 import type { TokenClient } from './cybersource/token-client.js'
 import { isCybsError } from './cybersource/errors.js'
 import { StorageUnavailableError } from './errors.js'
+import { retryStorage } from './storage-errors.js'
 
 export type FailureReason =
   | 'access_denied'
@@ -93,23 +93,21 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
         clientStatus: tokens.clientStatus,
         connectedAt: at,
         accessTokenExpiresAt: tokens.accessTokenExpiresAt,
+        // The client always sets it for a code exchange (365 days when CyberSource does not say).
         refreshTokenExpiresAt: tokens.refreshTokenExpiresAt ?? at,
         lastRefreshedAt: null,
         accessToken: tokens.accessToken,
         refreshToken: tokens.refreshToken
       }
       // The code is spent: the tokens exist only in memory now, so a Redis blip is retried.
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await opts.tokenStore.put(record)
-          break
-        } catch (err) {
-          if (!(err instanceof StorageUnavailableError) || attempt >= retryDelays.length) {
-            log.error({ err, merchant_id: record.merchantId }, 'could not store the tokens of a completed onboarding; the merchant must connect again')
-            return { ok: false, reason: 'storage_unavailable' }
-          }
-          await sleep(retryDelays[attempt])
-        }
+      try {
+        await retryStorage(async () => await opts.tokenStore.put(record), retryDelays, attempt => {
+          log.warn({ merchant_id: record.merchantId, attempt }, 'storing the tokens of a completed onboarding failed; retrying')
+        })
+      } catch (err) {
+        log.error({ err, merchant_id: record.merchantId }, 'could not store the tokens of a completed onboarding; the merchant must connect again')
+        if (err instanceof StorageUnavailableError) return { ok: false, reason: 'storage_unavailable' }
+        throw err
       }
       log.info({ merchant_id: record.merchantId, correlation_id: tokens.correlationId, scope: tokens.scope }, 'merchant connected')
       return { ok: true, merchantId: record.merchantId }

@@ -1,5 +1,5 @@
 // The small HTML pages the merchant's browser sees after the callback.
-const escapeHtml = (s: string): string => s.replace(/[&<>"']/g, c => `&#${c.charCodeAt(0)};`)
+export const escapeHtml = (s: string): string => s.replace(/[&<>"']/g, c => `&#${c.charCodeAt(0)};`)
 
 export function renderPage (title: string, paragraphs: string[], correlationId?: string): string {
   const body = paragraphs.map(p => `<p>${escapeHtml(p)}</p>`).join('\n    ')

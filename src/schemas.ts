@@ -1,8 +1,9 @@
 // TypeBox schemas of the internal API: requests, responses and errors. Every status code has a
 // response schema, so nothing a schema does not name (a refresh token) can reach a response.
 import { Type, type Static } from '@sinclair/typebox'
+import { ID_PATTERN } from './config.js'
 
-export const MerchantIdSchema = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'CyberSource merchant id' })
+export const MerchantIdSchema = Type.String({ pattern: ID_PATTERN.source, description: 'CyberSource merchant id' })
 export const MerchantParamsSchema = Type.Object({ merchantId: MerchantIdSchema })
 
 export const ErrorSchema = Type.Object({

@@ -1,5 +1,6 @@
 // Any failure to reach Redis (connection down, command timeout, offline queue off) becomes the
 // one domain error the routes map to 503 storage_unavailable.
+import { setTimeout as sleep } from 'node:timers/promises'
 import { StorageUnavailableError } from './errors.js'
 
 const OUTAGE_REPLY = /^(LOADING|READONLY|CLUSTERDOWN|MASTERDOWN|TRYAGAIN|BUSY)\b/
@@ -16,3 +17,23 @@ export async function storageCall<T> (fn: () => Promise<T>): Promise<T> {
     throw e
   }
 }
+
+/**
+ * Retries a write while Redis blips (StorageUnavailableError only), waiting `delaysMs` between
+ * attempts: for writes of tokens that exist nowhere else yet.
+ */
+export async function retryStorage<T> (fn: () => Promise<T>, delaysMs: number[], onRetry: (attempt: number) => void): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (!(err instanceof StorageUnavailableError) || attempt >= delaysMs.length) throw err
+      onRetry(attempt)
+      await sleep(delaysMs[attempt])
+    }
+  }
+}
+
+/** Worst-case duration of retryStorage: every attempt timing out, plus the waits. */
+export const retryBudgetMs = (delaysMs: number[], attemptTimeoutMs: number): number =>
+  delaysMs.reduce((a, b) => a + b, 0) + (delaysMs.length + 1) * attemptTimeoutMs

@@ -6,14 +6,13 @@
 // Redis lock (SET NX PX, owner token, Lua compare-and-delete) across replicas; the others wait for
 // the record's version to move (pub/sub, with polling as the fallback) and re-read it.
 import { randomBytes } from 'node:crypto'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
-import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import type { MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
 import { TRANSIENT_OAUTH_ERRORS, type TokenClient } from './cybersource/token-client.js'
 import { isCybsError, type CybsError } from './cybersource/errors.js'
-import { storageCall } from './storage-errors.js'
+import { retryBudgetMs, retryStorage, storageCall } from './storage-errors.js'
+import { REDIS_COMMAND_TIMEOUT_MS, type RedisClient } from './redis-client.js'
 import { MerchantNotFoundError, ReauthorizationRequiredError, StorageUnavailableError, UpstreamUnavailableError } from './errors.js'
 
 export const MIN_VALIDITY_MS = 60_000
@@ -24,6 +23,11 @@ const FAILURE_HOLD_MS = 1000
 const POLL_MS = 100
 /** OAuth errors that blame our own credentials, not the merchant's grant. */
 const CLIENT_ERRORS = new Set(['invalid_client', 'unauthorized_client'])
+/**
+ * The OAuth error that means the merchant's grant is gone (revoked, expired, already rotated):
+ * only this one marks the merchant. Any other rejection is ours or CyberSource's to fix.
+ */
+const GRANT_ERROR = 'invalid_grant'
 
 export type LookupOutcome = 'hit' | 'loaded' | 'refreshed' | 'not_found' | 'reauthorization_required' | 'upstream_unavailable' | 'storage_unavailable'
 export type RefreshOutcome = 'ok' | 'rejected' | 'client_rejected' | 'unavailable' | 'protocol' | 'conflict'
@@ -66,7 +70,6 @@ export interface TokenServiceOptions {
   log: Pick<Logger, 'info' | 'warn' | 'error'>
   events?: TokenServiceEvents
   now?: () => number
-  random?: () => number
   /** Redis lock TTL; defaults to the token client's worst case plus a margin. */
   lockTtlMs?: number
   /** Delays between attempts to store refreshed tokens while Redis blips. */
@@ -74,6 +77,18 @@ export interface TokenServiceOptions {
 }
 
 interface CacheEntry { record: MerchantRecord, refreshAt: number }
+
+/** A stable number in [0, 1) from a string (FNV-1a), for jitter every replica agrees on. */
+function unitHash (s: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193)
+  return (h >>> 0) / 0x100000000
+}
+
+// KEYS[1] lock; ARGV[1] owner, ARGV[2] ttl ms
+const RENEW_SCRIPT = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`
 
 // KEYS[1] lock; ARGV[1] owner
 const RELEASE_SCRIPT = `
@@ -83,12 +98,19 @@ return 0`
 export function createTokenService (opts: TokenServiceOptions): TokenService {
   const { redis, keys, store, client, log } = opts
   const now = opts.now ?? Date.now
-  const random = opts.random ?? Math.random
   const events = opts.events ?? {}
-  const lockTtlMs = opts.lockTtlMs ?? client.maxRefreshMs + 5000
   const storeRetryDelays = opts.storeRetryDelaysMs ?? [100, 250, 500, 1000, 2000, 4000]
-  if (!('cybsReleaseLock' in redis)) redis.defineCommand('cybsReleaseLock', { numberOfKeys: 1, lua: RELEASE_SCRIPT })
-  const releaseLock = (redis as unknown as { cybsReleaseLock: (key: string, owner: string) => Promise<number> }).cybsReleaseLock.bind(redis)
+  // The lock outlives the whole locked work: the CyberSource call with its retries, then the
+  // store write with its retries (each attempt bounded by the Redis command timeout).
+  const lockTtlMs = opts.lockTtlMs ?? client.maxRefreshMs + retryBudgetMs(storeRetryDelays, REDIS_COMMAND_TIMEOUT_MS) + 5000
+  if (!('cybsReleaseLock' in redis)) {
+    redis.defineCommand('cybsReleaseLock', { numberOfKeys: 1, lua: RELEASE_SCRIPT })
+    redis.defineCommand('cybsRenewLock', { numberOfKeys: 1, lua: RENEW_SCRIPT })
+  }
+  const lockCommands = redis as unknown as {
+    cybsReleaseLock: (key: string, owner: string) => Promise<number>
+    cybsRenewLock: (key: string, owner: string, ttlMs: number) => Promise<number>
+  }
 
   const cache = new Map<string, CacheEntry>()
   const inflight = new Map<string, Promise<MerchantRecord>>()
@@ -97,17 +119,21 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   const waiters = new Map<string, Set<() => void>>()
   let closing = false
 
+  // The jitter is a function of the merchant and the record's version, so every replica and every
+  // call agrees on when a given token is due, while merchants are spread out.
   const refreshAtOf = (r: MerchantRecord): number => {
     const issuedAt = r.lastRefreshedAt ?? r.connectedAt
     const lifetime = Math.max(0, r.accessTokenExpiresAt - issuedAt)
-    const fraction = REFRESH_AT_FRACTION + (random() * 2 - 1) * REFRESH_JITTER_FRACTION
+    const fraction = REFRESH_AT_FRACTION + (unitHash(`${r.merchantId}:${r.version}`) * 2 - 1) * REFRESH_JITTER_FRACTION
     return Math.min(issuedAt + lifetime * fraction, r.accessTokenExpiresAt - MIN_VALIDITY_MS)
   }
+  // Every record passed here was just read from or written to Redis (one ordered connection per
+  // key), so it replaces whatever is cached.
   const remember = (r: MerchantRecord): MerchantRecord => {
-    const cached = cache.get(r.merchantId)
-    if (cached === undefined || cached.record.version <= r.version) cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r) })
+    cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r) })
     return r
   }
+  const forget = (merchantId: string): void => { cache.delete(merchantId) }
   const effectiveStatus = <T extends MerchantMeta>(r: T): T =>
     r.status === 'connected' && r.refreshTokenExpiresAt <= now() ? { ...r, status: 'reauthorization_required' } : r
 
@@ -129,22 +155,21 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     return await p
   }
 
-  async function storeRefreshed (record: MerchantRecord, expectedVersion: number): Promise<number | undefined> {
-    // CyberSource answered: these tokens exist only in memory until this write lands.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await store.put(record, expectedVersion)
-      } catch (err) {
-        if (!(err instanceof StorageUnavailableError) || attempt >= storeRetryDelays.length) throw err
-        log.warn({ merchant_id: record.merchantId, attempt }, 'storing refreshed tokens failed; retrying')
-        await sleep(storeRetryDelays[attempt])
-      }
-    }
+  async function storeRefreshed (record: MerchantRecord, expectedVersion: number, lock: { key: string, owner: string }): Promise<number | undefined> {
+    // CyberSource answered: these tokens exist only in memory until this write lands. The lock
+    // is renewed first, so no other replica starts a second refresh while the write is retried.
+    await storageCall(async () => await lockCommands.cybsRenewLock(lock.key, lock.owner, lockTtlMs)).catch(() => {})
+    return await retryStorage(async () => await store.put(record, expectedVersion), storeRetryDelays, attempt => {
+      log.warn({ merchant_id: record.merchantId, attempt }, 'storing refreshed tokens failed; retrying')
+    })
   }
 
-  async function refreshLocked (merchantId: string, force: boolean, seenVersion: number | undefined): Promise<MerchantRecord> {
+  async function refreshLocked (merchantId: string, force: boolean, seenVersion: number | undefined, lock: { key: string, owner: string }): Promise<MerchantRecord> {
     const current = await store.get(merchantId)
-    if (current === undefined) throw new MerchantNotFoundError()
+    if (current === undefined) {
+      forget(merchantId)
+      throw new MerchantNotFoundError()
+    }
     remember(current)
     if (effectiveStatus(current).status !== 'connected') throw new ReauthorizationRequiredError()
     // Another replica refreshed while we queued for the lock: its result is ours.
@@ -171,40 +196,62 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       refreshTokenExpiresAt: tokens.refreshTokenExpiresAt ?? current.refreshTokenExpiresAt,
       lastRefreshedAt: now()
     }
-    const version = await storeRefreshed(record, current.version)
+    const version = await storeRefreshed(record, current.version, lock)
     if (version === undefined) {
       // A newer pair was written meanwhile (a new onboarding): it wins, ours is dropped.
       events.refresh?.('conflict', seconds())
-      const newer = await load(merchantId)
-      if (newer === undefined) throw new MerchantNotFoundError()
-      return newer
+      return await servable(merchantId, false) ?? await refreshLocked(merchantId, force, undefined, lock)
     }
     events.refresh?.('ok', seconds())
     log.info({ merchant_id: merchantId, correlation_id: tokens.correlationId, version }, 'access token refreshed')
     return remember({ ...record, version })
   }
 
-  async function onRefreshError (err: CybsError, current: MerchantRecord, seconds: () => number): Promise<never> {
+  async function onRefreshError (err: CybsError, current: MerchantRecord, seconds: () => number): Promise<MerchantRecord> {
     const merchantId = current.merchantId
     const fields = { merchant_id: merchantId, correlation_id: err.correlationId, kind: err.kind, oauth_error: err.oauthError, status: err.status }
     const transient = err.kind === 'rejected' && TRANSIENT_OAUTH_ERRORS.has(err.oauthError ?? '')
-    if (err.kind === 'rejected' && !transient && !CLIENT_ERRORS.has(err.oauthError ?? '')) {
+    if (err.kind === 'rejected' && err.oauthError === GRANT_ERROR) {
       events.refresh?.('rejected', seconds())
       log.warn(fields, 'refresh token rejected; the merchant must authorize again')
       const version = await store.markReauthorizationRequired(merchantId, current.version)
-      if (version !== undefined) remember({ ...current, status: 'reauthorization_required', version })
+      if (version !== undefined) {
+        remember({ ...current, status: 'reauthorization_required', version })
+        throw new ReauthorizationRequiredError()
+      }
+      // A newer record was written meanwhile (a new onboarding): serve it if it can be.
+      const newer = await servable(merchantId, false)
+      if (newer !== undefined) return newer
       throw new ReauthorizationRequiredError()
     }
     if (err.kind === 'rejected' && !transient) {
-      // Our client id, secret or certificate is wrong: an operator problem, not the merchant's.
+      // Our client id, secret or certificate is wrong, or CyberSource answered an OAuth error we
+      // do not expect: an operator problem, not the merchant's.
       events.refresh?.('client_rejected', seconds())
-      log.error(fields, 'CyberSource rejected the partner credentials (check CYBS_CLIENT_ID, CYBS_CLIENT_SECRET and the client certificate)')
+      log.error(fields, CLIENT_ERRORS.has(err.oauthError ?? '')
+        ? 'CyberSource rejected the partner credentials (check CYBS_CLIENT_ID, CYBS_CLIENT_SECRET and the client certificate)'
+        : 'CyberSource rejected the refresh request with an unexpected OAuth error; the merchant is not marked')
     } else {
       events.refresh?.(transient ? 'unavailable' : err.kind, seconds())
       log.warn(fields, 'refresh failed; CyberSource unavailable')
     }
     failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
     throw new UpstreamUnavailableError()
+  }
+
+  /**
+   * A fresh read of the record when it can be served: connected and, unless `anyValidity`, with
+   * at least MIN_VALIDITY_MS left; undefined when it needs a refresh. Throws for gone / reauthorization.
+   */
+  async function servable (merchantId: string, anyValidity: boolean): Promise<MerchantRecord | undefined> {
+    const fresh = await store.get(merchantId)
+    if (fresh === undefined) {
+      forget(merchantId)
+      throw new MerchantNotFoundError()
+    }
+    remember(fresh)
+    if (effectiveStatus(fresh).status !== 'connected') throw new ReauthorizationRequiredError()
+    return anyValidity || fresh.accessTokenExpiresAt - now() >= MIN_VALIDITY_MS ? fresh : undefined
   }
 
   async function waitForChange (merchantId: string, fromVersion: number, deadline: number): Promise<'updated' | 'free' | 'timeout'> {
@@ -238,9 +285,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       if (acquired === 'OK') {
         if (seen !== undefined && performance.now() - started > 1) events.lockWait?.((performance.now() - started) / 1000, 'acquired')
         try {
-          return await refreshLocked(merchantId, force, seen?.version)
+          return await refreshLocked(merchantId, force, seen?.version, { key: lockKey, owner })
         } finally {
-          await storageCall(async () => await releaseLock(lockKey, owner)).catch((err: unknown) => {
+          await storageCall(async () => await lockCommands.cybsReleaseLock(lockKey, owner)).catch((err: unknown) => {
             log.warn({ err, merchant_id: merchantId }, 'could not release the refresh lock; it expires by itself')
           })
         }
@@ -249,9 +296,11 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       const waited = await waitForChange(merchantId, base, deadline)
       if (waited === 'updated') {
         events.lockWait?.((performance.now() - started) / 1000, 'updated')
-        const fresh = await load(merchantId)
-        if (fresh === undefined) throw new MerchantNotFoundError()
-        return fresh
+        // The change may be a rejection (409) or a record that still needs a refresh: checked.
+        const fresh = await servable(merchantId, force)
+        if (fresh !== undefined) return fresh
+        seen = cache.get(merchantId)?.record
+        continue
       }
       if (waited === 'timeout') {
         events.lockWait?.((performance.now() - started) / 1000, 'timeout')
@@ -262,11 +311,14 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     }
   }
 
+  // Forced and due refreshes are shared separately: a forced one never settles for a due one
+  // that finds nothing to do (across replicas the lock still makes them one after the other).
   function refreshOnce (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
-    let p = inflight.get(merchantId)
+    const key = `${force ? 'force' : 'due'}:${merchantId}`
+    let p = inflight.get(key)
     if (p === undefined) {
-      p = refreshAcrossReplicas(merchantId, force, seen).finally(() => inflight.delete(merchantId))
-      inflight.set(merchantId, p)
+      p = refreshAcrossReplicas(merchantId, force, seen).finally(() => inflight.delete(key))
+      inflight.set(key, p)
     }
     return p
   }
@@ -297,7 +349,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
         // Ahead of expiry: refresh in the background, serve the current token now.
         if (!closing) {
           refreshOnce(merchantId, false, record).catch((err: unknown) => {
-            if (!(err instanceof UpstreamUnavailableError || err instanceof ReauthorizationRequiredError)) log.warn({ err, merchant_id: merchantId }, 'background refresh failed')
+            if (err instanceof StorageUnavailableError) failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
+            else if (!(err instanceof UpstreamUnavailableError || err instanceof ReauthorizationRequiredError)) log.warn({ err, merchant_id: merchantId }, 'background refresh failed')
           })
         }
         return toAccessToken(record)
@@ -323,7 +376,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     },
 
     async delete (merchantId) {
-      cache.delete(merchantId)
+      forget(merchantId)
       if (!await store.delete(merchantId)) throw new MerchantNotFoundError()
     },
 
@@ -340,6 +393,13 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
     async start () {
       opts.subscriber.on('message', (channel: string, message: string) => { if (channel === keys.events) onChange(message) })
+      // Changes published while the subscriber was away are lost: drop the whole cache on
+      // reconnect, so every merchant is re-read from Redis once.
+      let connectedBefore = false
+      opts.subscriber.on('ready', () => {
+        if (connectedBefore) cache.clear()
+        connectedBefore = true
+      })
       await opts.subscriber.subscribe(keys.events)
     },
 

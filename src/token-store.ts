@@ -119,8 +119,11 @@ function decodeCursor (cursor: string): { node: number, scan: string, skip: numb
 export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys: RedisKeys): TokenStore {
   defineStoreCommands(redis)
   const cmd = redis as unknown as StoreCommands
+  // The cursor names a master by its index, so every replica must order the masters alike:
+  // ioredis lists them in connection-pool order (startup nodes first), hence the sort by address.
+  const nodeKey = (n: Redis): string => `${n.options.host ?? ''}:${n.options.port ?? ''}`
   const scanNodes = (): Redis[] => 'nodes' in redis && typeof (redis as Cluster).nodes === 'function' && (redis as Cluster).isCluster
-    ? (redis as Cluster).nodes('master')
+    ? (redis as Cluster).nodes('master').sort((x, y) => nodeKey(x) < nodeKey(y) ? -1 : nodeKey(x) > nodeKey(y) ? 1 : 0)
     : [redis as Redis]
 
   async function hgetall (merchantId: string): Promise<Record<string, string> | undefined> {
@@ -128,15 +131,21 @@ export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys
     return h.version === undefined ? undefined : h
   }
 
-  return {
+  const store: TokenStore = {
     async get (merchantId) {
       const h = await hgetall(merchantId)
       if (h === undefined) return undefined
-      return {
+      const record = {
         ...toMeta(merchantId, h),
         accessToken: keyRing.decrypt(h.access_token_enc, merchantId, 'access_token'),
         refreshToken: keyRing.decrypt(h.refresh_token_enc, merchantId, 'refresh_token')
       }
+      // Key rotation: a record written under an older key is rewritten under the current one
+      // (compare-and-set, best effort) the first time it is read, so the old key can be retired.
+      if (keyRing.isStale(h.access_token_enc) || keyRing.isStale(h.refresh_token_enc)) {
+        store.put(record, record.version).catch(() => {})
+      }
+      return record
     },
 
     async getMeta (merchantId) {
@@ -200,4 +209,5 @@ export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys
       }
     }
   }
+  return store
 }

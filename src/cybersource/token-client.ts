@@ -47,6 +47,8 @@ export interface TokenClient {
   refresh: (refreshToken: string) => Promise<TokenSet>
   /** Upper bound of one refresh() call, retries included: what a refresh lock must outlive. */
   readonly maxRefreshMs: number
+  /** Shutdown has begun: no further retries (a call under way finishes its current attempt). */
+  drain: () => void
   close: () => Promise<void>
 }
 
@@ -67,6 +69,7 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
   const baseMs = opts.backoffBaseMs ?? 250
   const maxBackoffMs = opts.backoffMaxMs ?? 2000
   const tls = opts.tls ?? {}
+  let draining = false
   const dispatcher = new Agent({
     connect: {
       cert: tls.cert,
@@ -176,9 +179,10 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
         const transient = e.kind === 'unavailable' || (e.kind === 'rejected' && TRANSIENT_OAUTH_ERRORS.has(e.oauthError ?? ''))
         const retryable = transient && attempt < maxAttempts && (grant.grant_type === 'refresh_token' || e.notSent === true)
         opts.log.warn({ grant_type: grant.grant_type, correlation_id: correlationId, attempt, duration_ms: Math.round(performance.now() - started), outcome: e.kind, status: e.status, oauth_error: e.oauthError, reason: e.message, retrying: retryable }, 'cybersource token request failed')
-        if (!retryable) throw e
+        if (!retryable || draining) throw e
         // Full jitter, bounded: spreads retries of many merchants after an outage.
         await sleep(Math.random() * Math.min(maxBackoffMs, baseMs * 2 ** (attempt - 1)))
+        if (draining) throw e
       }
     }
   }
@@ -187,6 +191,7 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
     exchangeCode: async (code) => await call({ grant_type: 'authorization_code', code }, attempts),
     refresh: async (refreshToken) => await call({ grant_type: 'refresh_token', refresh_token: refreshToken }, attempts),
     maxRefreshMs: attempts * opts.timeoutMs + (attempts - 1) * maxBackoffMs,
+    drain: () => { draining = true },
     close: async () => { await dispatcher.close() }
   }
 }

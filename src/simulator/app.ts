@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import formbody from '@fastify/formbody'
 import { Type } from '@sinclair/typebox'
+import { ID_PATTERN } from '../config.js'
 import { PAGE_HEADERS, consentPage, errorPage } from './html.js'
 
 export const FAULTS = [
@@ -104,7 +105,6 @@ export interface Simulator {
 export const AUTHORIZE_PATH = '/ebc2/oauth/authorize'
 export const TOKEN_PATH = '/oauth2/v3/token'
 const CORRELATION_HEADER = 'v-c-client-correlation-id'
-const MERCHANT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const MAX_PARAM_LENGTH = 2048
 const DEFAULT_SCOPES = ['payments_with_standalone_credit', 'transactions', 'invoicing', 'boarding']
 
@@ -114,7 +114,7 @@ const BehaviorSchema = Type.Object({
   times: Type.Optional(Type.Integer({ minimum: 1 })),
   grantType: Type.Optional(Type.Union([Type.Literal('authorization_code'), Type.Literal('refresh_token')]))
 }, { additionalProperties: false })
-const MerchantSchema = Type.Object({ merchant_id: Type.String({ pattern: MERCHANT_ID.source }) })
+const MerchantSchema = Type.Object({ merchant_id: Type.String({ pattern: ID_PATTERN.source }) })
 
 interface CodeEntry { clientId: string, merchantId: string, expiresAt: number }
 interface RefreshEntry { clientId: string, merchantId: string, expiresAt: number }
@@ -193,7 +193,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
   control.setBehavior(opts.behavior ?? {})
 
   function issueCode (clientId: string, merchantId: string): string {
-    if (!MERCHANT_ID.test(merchantId)) throw new Error('merchant id must be 1-64 of [A-Za-z0-9_-]')
+    if (!ID_PATTERN.test(merchantId)) throw new Error('merchant id must be 1-64 of [A-Za-z0-9_-]')
     const t = now()
     for (const [c, e] of codes) if (e.expiresAt <= t) codes.delete(c)
     const code = random(24)
@@ -399,7 +399,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
     if (decision === 'deny') return reply.redirect(params.redirectUrl, 302) // no parameters at all
     if (decision !== 'allow') return badPage(reply, 'Choose Allow or Deny.')
     const merchantId = field(fields, 'merchant_id') ?? ''
-    if (!MERCHANT_ID.test(merchantId)) return badPage(reply, 'Merchant ID must be 1-64 letters, digits, "_" or "-".')
+    if (!ID_PATTERN.test(merchantId)) return badPage(reply, 'Merchant ID must be 1-64 letters, digits, "_" or "-".')
     const target = new URL(params.redirectUrl)
     target.searchParams.append('code', issueCode(params.clientId, merchantId))
     if (params.state !== undefined) target.searchParams.append('state', params.state)

@@ -14,9 +14,10 @@ import { request } from 'undici'
 import { envFor, secrets, startSimulator } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { freePort } from '../../src/net-utils.js'
+import { EnvSchema } from '../../src/config.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
+const DEFAULT_SHUTDOWN_GRACE_MS = EnvSchema.properties.SHUTDOWN_GRACE_MS.default as number
 
 // npm ci may download packages: far more than the default per-file timeout.
 t.setTimeout(600_000)

@@ -33,7 +33,7 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
       security,
       summary: 'A fresh access token (valid for at least 60 more seconds)',
       params: MerchantParamsSchema,
-      response: { 200: AccessTokenSchema, ...errors(400, 401, 404, 409, 429, 503) }
+      response: { 200: AccessTokenSchema, ...errors(400, 401, 404, 409, 503) }
     }
   }, async (request, reply) => {
     const token = await app.tokenService.getAccessToken(request.params.merchantId)
