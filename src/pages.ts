@@ -1,5 +1,6 @@
 // The small HTML pages the merchant's browser sees after the callback.
-export const escapeHtml = (s: string): string => s.replace(/[&<>"']/g, c => `&#${c.charCodeAt(0)};`)
+const ENTITIES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
+export const escapeHtml = (s: string): string => s.replace(/[&<>"']/g, c => ENTITIES[c])
 
 export function renderPage (title: string, paragraphs: string[], correlationId?: string): string {
   const body = paragraphs.map(p => `<p>${escapeHtml(p)}</p>`).join('\n    ')

@@ -3,15 +3,20 @@
 // REDIS_URL; REDIS_CLUSTER_NODES / REDIS_SENTINELS take precedence, and the tests check that
 // nothing was written to it.
 //
-// Cluster (3 masters): onboardings land on every master; lookup; forced refresh (Lua CAS on the
-// hash-tagged record); list pagination across masters, with the cursor handed from one replica to
-// the other; delete (record and lock gone, the other replica's cache invalidated); one refresh
-// across two replicas under concurrent lookups; pub/sub invalidation; readiness; key prefix.
+// Cluster (3 masters, two app instances, the second given the node list in another order):
+// onboardings land on every master; lookup; forced refresh (Lua CAS on the hash-tagged record);
+// list pagination across masters, each page fetched from the other instance (the cursor must mean
+// the same on every replica); delete (record and lock gone, the other instance's cache
+// invalidated); one refresh across two instances under concurrent lookups; pub/sub invalidation;
+// readiness; the merchants gauge; every key under the prefix.
 //
-// Sentinel (master, replica, sentinel): onboarding, lookup, forced refresh, list, readiness; then
-// the master is killed once the replica has acknowledged every write (replication offsets
-// compared), the sentinel promotes the replica, and the service recovers by itself: reads see the
-// data written before the failover, and writes (refresh, onboarding) land on the new master.
+// Sentinel (master, replica, one sentinel, two app instances): onboarding, lookup, forced refresh,
+// list, readiness; then failover. The master is killed only once the replica has processed
+// everything the master holds (replication offsets compared: the WAIT guarantee), so no data may be
+// lost; the test waits for the sentinel to promote the replica and then asserts that the service
+// recovers by itself within a bounded poll: status reads (uncached) see the data written before the
+// failover, readiness is 200, writes (forced refresh, onboarding) land on the new master, and the
+// pub/sub subscription is re-established (instance B serves the token instance A refreshed).
 import t, { type Test } from 'tap'
 import { Cluster, type Redis } from 'ioredis'
 import { build, onboard, secrets, startSimulator, type Built } from '../helper.js'
@@ -83,7 +88,9 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
   const cluster = await startCluster(t, 3)
   const env = { REDIS_CLUSTER_NODES: cluster.spec, REDIS_KEY_PREFIX: PREFIX, RATE_LIMIT_MAX: '100000' }
   const a = await build(t, { env, redis: standalone, simulator: sim, secrets: s, now })
-  const b = await build(t, { env: { ...env, REDIS_CLUSTER_NODES: cluster.spec.split(',').reverse().join(',') }, redis: standalone, simulator: sim, secrets: s, now })
+  // Same cluster, node list in another order (ioredis keeps its masters in startup order).
+  const reversed = cluster.spec.split(',').reverse().join(',')
+  const b = await build(t, { env: { ...env, REDIS_CLUSTER_NODES: reversed }, redis: standalone, simulator: sim, secrets: s, now })
   t.equal(a.config.redis.mode, 'cluster', 'REDIS_CLUSTER_NODES takes precedence over REDIS_URL')
   t.ok(a.app.redis instanceof Cluster, 'the app talks to the cluster')
 
@@ -233,11 +240,15 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
     t.equal(refreshes(), count + 1, 'instance B did not refresh by itself')
   })
 
-  await t.test('readiness, key prefix, nothing on the standalone Redis', async t => {
+  await t.test('readiness, metrics, key prefix, nothing on the standalone Redis', async t => {
     for (const inst of [a, b]) {
       const res = await ready(inst)
       t.equal(res.statusCode, 200, why(res))
     }
+    // The merchants gauge counts with a SCAN over every master.
+    const metrics = await b.app.inject({ url: '/metrics' })
+    t.equal(metrics.statusCode, 200)
+    t.match(metrics.body, /^cybs_merchants\{status="connected"\} 29$/m, 'cybs_merchants counts the merchants of every master')
     const records: string[] = []
     for (const [i, c] of cluster.clients.entries()) {
       const all = await allKeys(c)
@@ -250,17 +261,20 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
     t.same(records.map(k => keys.merchantIdOf(k)).sort(), expected.sort(), 'the cluster holds exactly the remaining merchants')
     const direct = adminClient(t, standalone.port)
     t.equal(await direct.dbsize(), 0, 'the standalone Redis of REDIS_URL stayed empty')
+    for (const [i, inst] of [a, b].entries()) {
+      t.same(inst.logs.lines().filter(l => Number(l.level) >= 40).map(l => l.msg), [], `instance ${i + 1} logged no warning or error`)
+    }
   })
 })
 
 t.test('Redis Sentinel: master, replica, one sentinel', async t => {
   const sen = await startSentinel(t, 'mymaster')
   const standalone = await startRedis(t)
-  const b = await build(t, {
-    env: { REDIS_SENTINELS: `${HOST}:${sen.sentinel.port}`, REDIS_SENTINEL_NAME: sen.name, REDIS_KEY_PREFIX: PREFIX, RATE_LIMIT_MAX: '100000' },
-    redis: standalone
-  })
-  t.same(b.config.redis, { mode: 'sentinel', sentinels: [{ host: HOST, port: sen.sentinel.port }], name: sen.name })
+  const env = { REDIS_SENTINELS: `${HOST}:${sen.sentinel.port}`, REDIS_SENTINEL_NAME: sen.name, REDIS_KEY_PREFIX: PREFIX, RATE_LIMIT_MAX: '100000' }
+  const b = await build(t, { env, redis: standalone })
+  const b2 = await build(t, { env, redis: standalone, simulator: b.sim, secrets: b.secrets })
+  t.same(b.config.redis, { mode: 'sentinel', sentinels: [{ host: HOST, port: sen.sentinel.port }], name: sen.name }, 'REDIS_SENTINELS takes precedence over REDIS_URL')
+  const subscribers = async (c: Redis): Promise<number> => Number((await c.call('PUBSUB', 'NUMSUB', createRedisKeys(PREFIX).events) as [string, number])[1])
   const keys = createRedisKeys(PREFIX)
   const keyRing = createKeyRing(b.config.encryptionKeys)
   const storeOn = (c: Redis): TokenStore => createTokenStore(c, keyRing, keys)
@@ -287,8 +301,8 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
     t.not(refreshed, rec?.accessToken, 'a new token is stored')
     t.equal(tokenOf(await lookup(b, 'm_sen_1')), refreshed)
 
-    assertEachOnce(t, await walkList(t, [b], 2), merchants, 'limit 2')
-    t.equal((await ready(b)).statusCode, 200)
+    assertEachOnce(t, await walkList(t, [b, b2], 2), merchants, 'limit 2')
+    for (const inst of [b, b2]) t.equal((await ready(inst)).statusCode, 200)
     t.same((await allKeys(sen.masterClient)).filter(k => !k.startsWith(PREFIX)), [], `every key starts with ${PREFIX}`)
     t.equal(await adminClient(t, standalone.port).dbsize(), 0, 'the standalone Redis of REDIS_URL stayed empty')
   })
@@ -300,6 +314,9 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
     await until('the replica to catch up with the master', 20_000, async () =>
       Number(infoField(await sen.replicaClient.info('replication'), 'slave_repl_offset')) >= offset ? true : undefined)
     t.same(await sen.masterAddr(), { host: HOST, port: sen.master.port }, 'the sentinel names the original master')
+    // Both instances have m_sen_3's token cached.
+    const cached = tokenOf(await lookup(b, 'm_sen_3'))
+    t.equal(tokenOf(await lookup(b2, 'm_sen_3')), cached)
 
     const killedAt = Date.now()
     await sen.master.kill()
@@ -318,7 +335,10 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
     t.comment(`service answered ${Date.now() - killedAt} ms after the master was killed`)
     t.equal(recovered.json().status, 'connected', 'data written before the failover is there')
     t.ok(recovered.json().last_refreshed_at !== null, 'including the forced refresh')
-    t.equal((await ready(b)).statusCode, 200, 'ready again')
+    for (const inst of [b, b2]) {
+      const res = await until('readiness', 10_000, async () => { const r = await ready(inst); return r.statusCode === 200 ? r : undefined })
+      t.equal(res.statusCode, 200, 'ready again')
+    }
 
     // Writes go to the new master: a forced refresh (Lua CAS) and a new onboarding.
     const newMasterStore = storeOn(sen.replicaClient)
@@ -332,6 +352,23 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
     t.equal(tokenOf(res), after?.accessToken)
     t.equal((await onboard(b, 'm_sen_4')).statusCode, 200, 'onboarding after the failover')
     t.ok(await newMasterStore.get('m_sen_4'), 'stored on the new master')
-    assertEachOnce(t, await walkList(t, [b], 3), [...merchants, 'm_sen_4'], 'after the failover')
+    assertEachOnce(t, await walkList(t, [b, b2], 3), [...merchants, 'm_sen_4'], 'after the failover')
+    for (const [i, inst] of [b, b2].entries()) {
+      const msgs = inst.logs.lines().map(l => l.msg)
+      t.ok(msgs.indexOf('redis connection restored') > msgs.indexOf('redis connection error') && msgs.includes('redis connection error'), `instance ${i + 1} logged the outage and the recovery`)
+    }
+
+    // The subscribers found the new master and subscribed again: B serves the token A refreshed.
+    await until('both instances to subscribe on the new master', 20_000, async () => await subscribers(sen.replicaClient) >= 2 ? true : undefined)
+    const count = b.sim.control.stats().refreshes
+    t.equal((await forceRefresh(b, 'm_sen_3')).statusCode, 200)
+    const fresh = (await newMasterStore.get('m_sen_3'))?.accessToken
+    t.not(fresh, cached)
+    const served = await until('instance B to serve the new token', 10_000, async () => {
+      const r = await lookup(b2, 'm_sen_3')
+      return r.statusCode === 200 && tokenOf(r) === fresh ? tokenOf(r) : undefined
+    })
+    t.equal(served, fresh, 'instance B serves the token instance A refreshed')
+    t.equal(b.sim.control.stats().refreshes, count + 1, 'instance B did not refresh by itself')
   })
 })

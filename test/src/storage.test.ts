@@ -2,6 +2,7 @@
 // token, code or secret in plaintext anywhere in Redis, every key under REDIS_KEY_PREFIX,
 // ciphertexts bound to their merchant and field, key rotation; and no secret in the logs.
 import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { build, secrets as newSecrets, CLIENT_ID, type Built } from '../helper.js'
@@ -233,13 +234,20 @@ t.test('key rotation: `new,old` reads records written under old and writes under
     t.equal(kidOf(await before.redis.hget(before.keys.merchant('m_r1'), field)), 'old', `${field} names kid old`)
   }
 
+  const r2 = await before.store.get('m_r2')
   const after = await setup(t, { with: before, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
   const read = await after.store.get('m_r1')
   t.equal(read?.accessToken, r1.accessToken, 'the new ring reads a record written under old')
   t.equal(read?.refreshToken, r1.refreshToken)
+  // The read rewrites the record under the current key (in the background).
+  for (let i = 0; i < 50 && kidOf(await after.redis.hget(after.keys.merchant('m_r1'), 'refresh_token_enc')) !== 'new'; i++) await sleep(20)
+  for (const field of ['access_token_enc', 'refresh_token_enc']) {
+    t.equal(kidOf(await after.redis.hget(after.keys.merchant('m_r1'), field)), 'new', `read ${field} rewritten under kid new`)
+  }
+  t.equal((await after.store.get('m_r1'))?.refreshToken, r1.refreshToken, 'the rewritten record holds the same refresh token')
   const lookup = await after.b.app.inject({ url: '/internal/v1/merchants/m_r2/access-token', headers: after.b.auth })
   t.equal(lookup.statusCode, 200, 'the app with the new ring serves an old record')
-  t.equal(lookup.json<{ access_token: string }>().access_token, (await before.store.get('m_r2'))?.accessToken)
+  t.equal(lookup.json<{ access_token: string }>().access_token, r2?.accessToken)
 
   const refresh = await after.b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_r1/refresh', headers: after.b.auth })
   t.equal(refresh.statusCode, 200, 'forced refresh under the new ring')
