@@ -120,7 +120,8 @@ function parseUrl (problems: Problems, name: string, value: string, protocols: s
     problems.push(`${name}: must use ${protocols.map(p => p.replace(':', '')).join(' or ')}`)
   }
   if (url.username !== '' || url.password !== '') problems.push(`${name}: must not carry credentials`)
-  if (bareBase && (url.search !== '' || url.hash !== '')) problems.push(`${name}: must not have a query string or fragment (paths are appended to it)`)
+  // A bare '?' or '#' leaves url.search and url.hash empty but stays in the href.
+  if (bareBase && (value.includes('?') || value.includes('#'))) problems.push(`${name}: must not have a query string or fragment (paths are appended to it)`)
   return url.href
 }
 

@@ -393,12 +393,16 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
     async start () {
       opts.subscriber.on('message', (channel: string, message: string) => { if (channel === keys.events) onChange(message) })
-      // Changes published while the subscriber was away are lost: drop the whole cache on
-      // reconnect, so every merchant is re-read from Redis once.
+      // Changes published while the subscriber was away are lost: once it is subscribed again
+      // after a reconnect, the whole cache is dropped, so every merchant is re-read from Redis.
+      // (Entries stay until then: while Redis is down, cached tokens are still served.)
       let connectedBefore = false
       opts.subscriber.on('ready', () => {
-        if (connectedBefore) cache.clear()
-        connectedBefore = true
+        if (!connectedBefore) {
+          connectedBefore = true
+          return
+        }
+        opts.subscriber.subscribe(keys.events).then(() => cache.clear(), () => {})
       })
       await opts.subscriber.subscribe(keys.events)
     },

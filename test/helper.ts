@@ -1,13 +1,14 @@
 // build(t, …): the app registered on a fresh Fastify instance, against a private redis-server and
 // the simulator over real HTTP, with every log line captured for assertions.
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import pino from 'pino'
 import fp from 'fastify-plugin'
 import { loadConfig, type Config } from '../src/config.js'
 import app, { serverOptions } from '../src/app.js'
-import { buildSimulator, type Simulator, type SimulatorOptions } from '../src/simulator/app.js'
+import { TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../src/simulator/app.js'
 import { startRedis, type TestRedis } from './helpers/redis.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
@@ -111,4 +112,29 @@ export async function onboard (b: Built, merchantId: string, connectQuery = ''):
   const code = b.sim.control.issueCode(merchantId)
   const res = await b.app.inject({ method: 'GET', url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
   return { statusCode: res.statusCode, body: res.body, headers: res.headers }
+}
+
+/** Polls `predicate` every 25 ms until it holds (true) or `timeoutMs` passed (false). */
+export async function until (predicate: () => Promise<boolean> | boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await predicate()) return true
+    if (Date.now() > deadline) return false
+    await sleep(25)
+  }
+}
+
+/** Records every access and refresh token the simulator hands out (for leak checks). */
+export function recordIssuedTokens (sim: Simulator): Set<string> {
+  const issued = new Set<string>()
+  sim.app.addHook('onSend', async (request, _reply, payload) => {
+    if (request.url.startsWith(TOKEN_PATH) && typeof payload === 'string') {
+      try {
+        const body = JSON.parse(payload) as Record<string, unknown>
+        for (const k of ['access_token', 'refresh_token']) if (typeof body[k] === 'string') issued.add(body[k])
+      } catch {}
+    }
+    return payload
+  })
+  return issued
 }

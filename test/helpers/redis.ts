@@ -1,4 +1,5 @@
 // Private redis-server processes for tests: one per caller, on a free loopback port, no persistence.
+import type { Redis } from 'ioredis'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -39,4 +40,26 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }, 
     rmSync(dir, { recursive: true, force: true })
   })
   return { port, url: `redis://127.0.0.1:${port}`, stop, start, extraArgs }
+}
+
+/** Every key matching `pattern` on one server (SCAN, never KEYS). */
+export async function scanKeys (redis: Redis, pattern = '*'): Promise<string[]> {
+  const keys: string[] = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+    keys.push(...batch)
+    cursor = next
+  } while (cursor !== '0')
+  return keys
+}
+
+/** Runs fn while the server is stopped, and starts it again afterwards (even when fn throws). */
+export async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
+  await server.stop()
+  try {
+    return await fn()
+  } finally {
+    await server.start()
+  }
 }

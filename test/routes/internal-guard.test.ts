@@ -199,6 +199,27 @@ t.test('internal API guard', async t => {
     }
   })
 
+  await t.test('a malformed URL → 400 invalid_request in the error shape, the URL never echoed', async t => {
+    const marker = `SECRETX${apiSecret.slice(-6)}`
+    const urls = [
+      `/internal/v1/merchants/%ZZ?x=${marker}`,
+      `/internal/v1/merchants/%ZZ/access-token?x=${marker}`,
+      `/internal/v1/merchants/a%E0%A4%A/refresh?x=${marker}`,
+      `/internal/v1/merchants/${'a'.repeat(200)}?x=${marker}`
+    ]
+    for (const url of urls) {
+      for (const method of ['GET', 'POST', 'DELETE'] as Method[]) {
+        const res = await b.app.inject({ method, url, headers: b.auth })
+        t.equal(res.statusCode, 400, `${method} ${url.slice(0, 40)}`)
+        t.equal(errorCode(t, res, url), 'invalid_request', `${method} ${url.slice(0, 40)}`)
+        t.notOk(res.body.includes(marker), 'the query is not echoed')
+        t.notOk(res.body.includes('%ZZ') || res.body.includes('%E0') || res.body.includes('aaaaaaaaaa'), 'nor the path')
+      }
+    }
+    t.notOk(b.logs.text().includes(marker), 'nor logged')
+    t.equal((await b.app.inject({ url: `/internal/v1/merchants/${mid}`, headers: b.auth })).statusCode, 200, 'the merchant is untouched')
+  })
+
   await t.test('list query validation', async t => {
     for (const q of ['limit=0', 'limit=501', 'limit=abc', 'limit=-1', 'limit=1.5', `cursor=${'x'.repeat(65)}`, 'cursor=not-a-cursor']) {
       const res = await b.app.inject({ url: `/internal/v1/merchants?${q}`, headers: b.auth })
@@ -285,6 +306,24 @@ t.test('internal API guard', async t => {
       const state = new URL((res.json() as { url: string }).url).searchParams.get('state') ?? ''
       t.equal((await callback(state, b.sim.control.issueCode('m_link_any'))).statusCode, 200)
       t.equal((await b.app.inject({ url: '/internal/v1/merchants/m_link_any', headers: b.auth })).statusCode, 200)
+    })
+
+    await t.test('no body at all (no content-type) or `{}` → 201 with an unbound link that works', async t => {
+      const noBody = await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: b.auth })
+      const empty = await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: { ...b.auth, 'content-type': 'application/json' }, payload: '{}' })
+      for (const [what, res, mid] of [['no body', noBody, 'm_link_nobody'], ['{}', empty, 'm_link_emptyobj']] as const) {
+        t.equal(res.statusCode, 201, `${what}: ${res.body}`)
+        const body = res.json() as { url: string, expires_at: string }
+        t.same(Object.keys(body).sort(), ['expires_at', 'url'], what)
+        const url = new URL(body.url)
+        t.equal(url.origin + url.pathname, b.config.cybs.authorizeUrl, `${what}: the CyberSource authorize URL`)
+        const state = url.searchParams.get('state') ?? ''
+        t.ok(Buffer.from(state, 'base64url').length >= 16, `${what}: a state of at least 128 bits`)
+        const done = await callback(state, b.sim.control.issueCode(mid))
+        t.equal(done.statusCode, 200, `${what}: the callback accepts its state`)
+        t.equal((await b.app.inject({ url: `/internal/v1/merchants/${mid}`, headers: b.auth })).statusCode, 200, `${what}: ${mid} is connected`)
+      }
+      t.not(noBody.json().url, empty.json().url)
     })
 
     await t.test('two links carry different states', async t => {

@@ -2,14 +2,14 @@
 // failure taxonomy (refresh token rejected, CyberSource down, partner credentials rejected,
 // Redis down), against a real Redis and the simulator over HTTP, with a movable clock.
 import t, { type Test } from 'tap'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { createServer } from 'node:http'
 import { Redis } from 'ioredis'
-import { build, onboard, type BuildOptions, type Built } from '../helper.js'
+import { build, onboard, type BuildOptions, type Built, until } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
-import type { SimulatorOptions } from '../../src/simulator/app.js'
+import { TOKEN_PATH, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
 
 /** Past the background refresh point (2/3 ± 10 %) but with 180 s of validity left. */
 const PAST_REFRESH_POINT_MS = 720_000
@@ -83,15 +83,6 @@ async function harness (t: Test, opts: Omit<BuildOptions, 'now'> & { sim?: Parti
       t.equal(leaked, 0, `no response carried any of ${refreshTokens.size} refresh tokens`)
       t.notOk(/refresh_token"/.test(all), 'no refresh_token field in any response')
     }
-  }
-}
-
-async function until (predicate: () => Promise<boolean> | boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (await predicate()) return true
-    if (Date.now() > deadline) return false
-    await sleep(25)
   }
 }
 
@@ -434,6 +425,118 @@ t.test('partner credentials rejected (invalid_client) → 503, error log, mercha
   t.equal(back.statusCode, 200, back.body)
   t.not(back.json().access_token, old.access_token)
   t.equal(h.b.sim.control.stats().refreshes, 1)
+})
+
+/**
+ * A token endpoint in front of the simulator that answers refresh requests with an OAuth error of
+ * our choosing (the simulator only produces invalid_grant, invalid_client and server_error);
+ * everything else is passed through.
+ */
+async function oauthErrorFront (t: Test): Promise<{ tokenUrl: string, target: { sim?: Simulator }, refreshError: { error?: string }, refreshes: () => number }> {
+  const target: { sim?: Simulator } = {}
+  const refreshError: { error?: string } = {}
+  let refreshes = 0
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString()
+      if (refreshError.error !== undefined && new URLSearchParams(body).get('grant_type') === 'refresh_token') {
+        refreshes++
+        res.writeHead(400, { 'content-type': 'application/json;charset=UTF-8', 'cache-control': 'no-store' })
+        res.end(JSON.stringify({ error: refreshError.error, error_description: 'simulated' }))
+        return
+      }
+      if (target.sim === undefined) throw new Error('no simulator behind the front')
+      target.sim.app.inject({ method: 'POST', url: TOKEN_PATH, headers: { 'content-type': String(req.headers['content-type']) }, payload: body })
+        .then(r => {
+          res.writeHead(r.statusCode, { 'content-type': String(r.headers['content-type']) })
+          res.end(r.body)
+        }, (err: unknown) => { res.writeHead(502); res.end(String(err)) })
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => await new Promise<void>(resolve => { server.closeAllConnections(); server.close(() => resolve()) }))
+  const { port } = server.address() as { port: number }
+  return { tokenUrl: `http://127.0.0.1:${port}${TOKEN_PATH}`, target, refreshError, refreshes: () => refreshes }
+}
+
+t.test('only invalid_grant marks the merchant', async t => {
+  /** The due (background) refresh fails, then the lookup with < 60 s left fails too: 503 and still connected. */
+  async function expectNotMarked (t: Test, h: Harness, mid: string, attempted: () => number, failedLine: RegExp): Promise<void> {
+    const old = (await h.lookup(mid)).json()
+    h.advance(PAST_REFRESH_POINT_MS)
+    const due = await h.lookup(mid)
+    t.equal(due.statusCode, 200, 'the due refresh runs in the background; the current token is served')
+    t.equal(due.json().access_token, old.access_token)
+    t.ok(await until(() => h.b.logs.lines().some(l => l.merchant_id === mid && failedLine.test(String(l.msg))), 10_000), 'the background refresh failed')
+    t.ok(attempted() >= 1, 'it reached the token endpoint')
+    t.equal((await h.status(mid)).json().status, 'connected', 'after the due refresh failed: still connected')
+    t.notOk(h.b.logs.lines().some(l => l.merchant_id === mid && /must authorize again/.test(String(l.msg))), 'no reauthorization logged')
+
+    h.advance(NEARLY_EXPIRED_MS - PAST_REFRESH_POINT_MS)
+    const down = await h.lookup(mid)
+    t.equal(down.statusCode, 503, `< 60 s left: ${down.body}`)
+    t.equal(errorCode(down), 'upstream_unavailable')
+    t.notOk(down.body.includes(old.access_token))
+    t.equal((await h.status(mid)).json().status, 'connected', 'still connected')
+    const forced = await h.call('POST', `/internal/v1/merchants/${mid}/refresh`)
+    t.equal(forced.statusCode, 503, 'forced refresh: 503')
+    t.equal(errorCode(forced), 'upstream_unavailable')
+    const listed = (await h.call('GET', '/internal/v1/merchants')).json().items.find((i: { merchant_id: string }) => i.merchant_id === mid)
+    t.equal(listed?.status, 'connected', 'the list agrees')
+    t.equal((await stored(h, mid)).status, 'connected', 'the stored record is not marked')
+  }
+
+  for (const [fault, failedLine] of [['error_500_oauth', /CyberSource unavailable/], ['invalid_client', /partner credentials/]] as const) {
+    await t.test(`${fault} on a due refresh: 503 once < 60 s are left, still connected`, async t => {
+      const h = await harness(t)
+      const mid = `m_only_${fault}`
+      await h.onboard(mid)
+      h.b.sim.control.setBehavior({ fault, grantType: 'refresh_token' })
+      await expectNotMarked(t, h, mid, () => refreshRequests(h.b), failedLine)
+      h.b.sim.control.setBehavior({})
+      h.advance(1100)
+      const back = await h.lookup(mid)
+      t.equal(back.statusCode, 200, `recovers once CyberSource answers: ${back.body}`)
+      t.equal(h.b.sim.control.stats().refreshes, 1)
+    })
+  }
+
+  for (const oauthError of ['invalid_request', 'unauthorized_client', 'unsupported_grant_type', 'invalid_scope', 'access_denied', 'a_new_error']) {
+    await t.test(`${oauthError} (not the merchant's grant): 503, still connected`, async t => {
+      const front = await oauthErrorFront(t)
+      const h = await harness(t, { env: { CYBS_TOKEN_URL: front.tokenUrl } })
+      front.target.sim = h.b.sim
+      const mid = 'm_only_other'
+      await h.onboard(mid)
+      front.refreshError.error = oauthError
+      await expectNotMarked(t, h, mid, front.refreshes, /CyberSource rejected/)
+      const line = h.b.logs.lines().find(l => l.merchant_id === mid && /CyberSource rejected/.test(String(l.msg)))
+      t.match(line, { level: 50, oauth_error: oauthError }, 'an error-level line names the OAuth error')
+      front.refreshError.error = undefined
+      h.advance(1100)
+      const back = await h.lookup(mid)
+      t.equal(back.statusCode, 200, `recovers: ${back.body}`)
+      t.equal(h.b.sim.control.stats().refreshes, 1)
+    })
+  }
+
+  await t.test('invalid_grant on a due refresh: reauthorization_required, 409', async t => {
+    const h = await harness(t)
+    await h.onboard('m_only_grant')
+    const old = (await h.lookup('m_only_grant')).json()
+    h.b.sim.control.setBehavior({ fault: 'invalid_grant', grantType: 'refresh_token' })
+    h.advance(PAST_REFRESH_POINT_MS)
+    const due = await h.lookup('m_only_grant')
+    t.equal(due.statusCode, 200, 'the token in hand is served while the refresh runs')
+    t.equal(due.json().access_token, old.access_token)
+    t.ok(await until(async () => (await h.status('m_only_grant')).json().status === 'reauthorization_required', 5000), 'marked')
+    const res = await h.lookup('m_only_grant')
+    t.equal(res.statusCode, 409, res.body)
+    t.equal(errorCode(res), 'reauthorization_required')
+    t.equal(refreshRequests(h.b), 1, 'one refresh attempt')
+  })
 })
 
 t.test('Redis down', async t => {

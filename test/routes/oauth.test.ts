@@ -4,8 +4,8 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions } from '../helper.js'
-import { freePort, type TestRedis } from '../helpers/redis.js'
+import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions, recordIssuedTokens } from '../helper.js'
+import { freePort, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import type { TokenStore } from '../../src/token-store.js'
 import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
@@ -49,19 +49,10 @@ interface SetupOptions {
 /** The simulator, with hooks that record the tokens it issues and can act before a token request. */
 async function startSim (t: Tap, clientSecret: string, opts: Partial<SimulatorOptions>, listen: boolean): Promise<Pick<Ctx, 'sim' | 'issued' | 'hooks' | 'closeSim'>> {
   const s = buildSimulator({ clientId: CLIENT_ID, clientSecret, ...opts })
-  const issued = new Set<string>()
+  const issued = recordIssuedTokens(s)
   const hooks: Ctx['hooks'] = {}
   s.app.addHook('preHandler', async (request) => {
     if (request.url.startsWith(TOKEN_PATH) && hooks.beforeToken !== undefined) await hooks.beforeToken()
-  })
-  s.app.addHook('onSend', async (request, _reply, payload) => {
-    if (request.url.startsWith(TOKEN_PATH) && typeof payload === 'string') {
-      try {
-        const body = JSON.parse(payload) as Record<string, unknown>
-        for (const k of ['access_token', 'refresh_token']) if (typeof body[k] === 'string') issued.add(body[k])
-      } catch {}
-    }
-    return payload
   })
   let closed = !listen
   const closeSim = async (): Promise<void> => {
@@ -96,14 +87,6 @@ async function setup (t: Tap, opts: SetupOptions = {}): Promise<Ctx> {
  * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
  * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
  */
-async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
-  await server.stop()
-  try {
-    return await fn()
-  } finally {
-    await server.start()
-  }
-}
 
 function query (pairs: Array<[string, string]>): string {
   return pairs.length === 0 ? '' : `?${pairs.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`).join('&')}`
@@ -137,17 +120,6 @@ async function callback (ctx: Ctx, pairs: Array<[string, string]>): Promise<Res>
 }
 
 const exchanges = (ctx: Ctx): number => ctx.sim.control.requests().filter(r => r.path === TOKEN_PATH && r.form.grant_type === 'authorization_code').length
-
-async function scanKeys (redis: Redis, pattern = '*'): Promise<string[]> {
-  const keys: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
-    keys.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return keys
-}
 
 const merchantKeys = async (ctx: Ctx): Promise<string[]> => await scanKeys(ctx.redis, `${ctx.b.config.redisKeyPrefix}merchant:*`)
 const stateKeys = async (ctx: Ctx): Promise<string[]> => await scanKeys(ctx.redis, `${ctx.b.config.redisKeyPrefix}state:*`)
@@ -632,6 +604,31 @@ t.test('callback: oversized or repeated code/state → 400, no exchange, state n
     t.equal(ok.statusCode, 200, `${label}: the state still works afterwards`)
     t.equal((await ctx.store.get('m_big'))?.merchantId, 'm_big')
   }
+})
+
+t.test('callback: a malformed URL → 400 page with no-store, the query (code) never echoed', async t => {
+  const ctx = await setup(t)
+  const code = `SECRETCODE${randomBytes(8).toString('hex')}`
+  ctx.codes.add(code)
+  for (const url of [
+    `/oauth/callback/%ZZ?code=${code}`,
+    `/oauth/callback/%ZZ?code=${code}&state=x`,
+    `/oauth/%E0%A4%A?code=${code}`,
+    `/oauth/connect/%ZZ?merchant_id=${code}`
+  ]) {
+    const res = await ctx.b.app.inject({ url })
+    t.equal(res.statusCode, 400, `${url}: 400`)
+    t.match(String(res.headers['content-type']), /^text\/html/, `${url}: an HTML page, not JSON`)
+    t.equal(res.headers['cache-control'], 'no-store', `${url}: no-store`)
+    t.equal(res.headers.location, undefined, `${url}: no redirect`)
+    t.match(res.body, /<!doctype html>/i)
+    t.notOk(res.body.includes(code), `${url}: the code is not in the body`)
+    t.notOk(res.body.includes('%ZZ') || res.body.includes('/oauth/callback/'), `${url}: the URL is not echoed`)
+    t.notOk(JSON.stringify(res.headers).includes(code), `${url}: nor in a header`)
+    assertNoLeak(t, ctx, res, url)
+  }
+  t.equal(ctx.sim.control.requests().length, 0, 'no token request')
+  t.notOk(ctx.b.logs.text().includes(code), 'the code is not logged')
 })
 
 // ---------------------------------------------------------------------------------------------

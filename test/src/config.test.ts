@@ -380,6 +380,68 @@ t.test('mutual TLS', async t => {
   })
 })
 
+t.test('INTERNAL_API_KEYS problems name the entry by position, never a value of it', async t => {
+  // A secret that is also a valid caller name ([A-Za-z0-9_.-], 40 characters): written first by
+  // mistake, it sits where the caller belongs, so secretsOf() would not know it is one.
+  const reversed = randomBytes(20).toString('hex')
+  const short = `short-${randomBytes(6).toString('hex')}` // 18 characters
+  const cases: Array<[string, string, number, string[]]> = [
+    ['a reversed entry (secret:caller)', `${reversed}:payments`, 1, [reversed]],
+    ['a reversed second entry', `portal:${API_SECRET_1},${reversed}:payments`, 2, [reversed]],
+    ['a short secret', `portal:${API_SECRET_1},billing:${short}`, 2, [short]],
+    ['a short secret in the first entry', `portal:${short},billing:${API_SECRET_2}`, 1, [short]],
+    ['a reversed entry and a short secret', `${reversed}:payments,billing:${short}`, 0, [reversed, short]]
+  ]
+  for (const [title, value, entry, hidden] of cases) {
+    t.test(title, async t => {
+      const problems = fails(t, base({ INTERNAL_API_KEYS: value }))
+      const lines = problems.filter(p => p.startsWith('INTERNAL_API_KEYS: '))
+      t.equal(lines.length, entry === 0 ? 2 : 1, `one line per bad entry: ${problems.join(' | ')}`)
+      t.equal(problems.length, lines.length, 'only INTERNAL_API_KEYS is named')
+      if (entry === 0) {
+        t.match(lines[0], /\bentry 1\b/)
+        t.match(lines[1], /\bentry 2\b/)
+      } else {
+        t.match(lines[0], new RegExp(`\\bentry ${entry}\\b`), 'the line names the entry by its position')
+      }
+      for (const h of hidden) {
+        t.notOk(problems.some(p => p.includes(h)), 'the secret is not in any problem line')
+        t.notOk(problems.some(p => p.includes(h.slice(0, 12))), 'nor a prefix of it')
+      }
+      // Nor the caller field: for a reversed entry that is where the secret sits.
+      t.notOk(problems.some(p => p.includes('payments') || p.includes('billing') || p.includes('portal')), 'no caller field is quoted')
+    })
+  }
+
+  t.test('a duplicate secret is named by position too', async t => {
+    const line = failsOn(t, base({ INTERNAL_API_KEYS: `portal:${API_SECRET_1},billing:${API_SECRET_2},audit:${API_SECRET_1}` }), 'INTERNAL_API_KEYS')
+    t.match(line, /\bentry 3\b/)
+    t.notMatch(line, /portal|billing|audit/)
+  })
+})
+
+t.test('PUBLIC_BASE_URL with a query string or a fragment is rejected', async t => {
+  for (const value of ['https://broker.example.com/?x=1', 'https://broker.example.com/cybs?tenant=a', 'https://broker.example.com/#top', 'https://broker.example.com/cybs/?a=1#b']) {
+    t.test(value, async t => {
+      failsOn(t, base({ PUBLIC_BASE_URL: value }), 'PUBLIC_BASE_URL')
+    })
+  }
+  // A bare '?' or '#' leaves URL.search and URL.hash empty while URL.href keeps it; the redirect
+  // URL would become e.g. https://broker.example.com/?/oauth/callback.
+  for (const value of ['https://broker.example.com?', 'https://broker.example.com/cybs/#']) {
+    t.test(`${value} (bare marker)`, async t => {
+      failsOn(t, base({ PUBLIC_BASE_URL: value }), 'PUBLIC_BASE_URL')
+    })
+  }
+  t.test('reported beside schema problems too', async t => {
+    const problems = fails(t, base({ PORT: 'http', PUBLIC_BASE_URL: 'https://broker.example.com/?x=1' }))
+    t.same(names(problems), ['PORT', 'PUBLIC_BASE_URL'])
+  })
+  t.test('a bare base URL with a path is still fine', async t => {
+    t.equal(loadConfig({ ...minimal(), PUBLIC_BASE_URL: 'https://broker.example.com/cybs/' }).publicBaseUrl, 'https://broker.example.com/cybs')
+  })
+})
+
 t.test('the secret check itself finds a leak', async t => {
   // Guards the guard: a problem line that quoted a value would be caught by secretsOf().
   const env = base({ INTERNAL_API_KEYS: `portal:${'s'.repeat(31)}` })

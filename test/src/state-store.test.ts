@@ -3,7 +3,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
-import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createStateStore, type StateStore } from '../../src/state-store.js'
@@ -33,25 +33,6 @@ async function setup (t: Tap, ttlSeconds = 600, now?: () => number): Promise<{ s
  * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
  * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
  */
-async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
-  await server.stop()
-  try {
-    return await fn()
-  } finally {
-    await server.start()
-  }
-}
-
-async function allKeys (redis: Redis): Promise<string[]> {
-  const out: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await redis.scan(cursor, 'COUNT', 1000)
-    out.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return out
-}
 
 t.test('create stores a fresh 256-bit state under the prefix with the TTL', async t => {
   const { redis, store } = await setup(t, 600)
@@ -59,7 +40,7 @@ t.test('create stores a fresh 256-bit state under the prefix with the TTL', asyn
   const { state, expiresAt } = await store.create('m_1')
   t.match(state, /^[A-Za-z0-9_-]{43}$/, '43 base64url characters')
   t.ok(expiresAt.getTime() >= before + 600_000 && expiresAt.getTime() <= Date.now() + 600_000, 'expiresAt = now + TTL')
-  const stored = await allKeys(redis)
+  const stored = await scanKeys(redis)
   t.same(stored, [keys.state(state)], 'one key, the state key')
   t.ok(stored[0].startsWith(PREFIX), 'under the prefix')
   t.notOk(stored[0].includes(state), 'the key does not contain the state value')
@@ -86,7 +67,7 @@ t.test('consume returns the record once', async t => {
   t.ok(u !== undefined, 'an unbound state is consumed')
   t.equal(u?.merchantId, undefined, 'without a merchant')
   t.equal(await store.consume(unbound.state), undefined)
-  t.same(await allKeys(redis), [], 'nothing left')
+  t.same(await scanKeys(redis), [], 'nothing left')
 })
 
 t.test('consume of a value that cannot be a state does not touch Redis', async t => {
@@ -119,7 +100,7 @@ t.test('50 concurrent consumes of one state: exactly one record', async t => {
     t.equal(got.length, 1, `round ${round}: exactly one consumer got the record`)
     t.equal(got[0]?.merchantId, `m_${round}`)
   }
-  t.same(await allKeys(redis), [], 'nothing left')
+  t.same(await scanKeys(redis), [], 'nothing left')
 })
 
 t.test('a state expires: Redis TTL, and the clock guard', async t => {

@@ -2,12 +2,13 @@
 // token, code or secret in plaintext anywhere in Redis, every key under REDIS_KEY_PREFIX,
 // ciphertexts bound to their merchant and field, key rotation; and no secret in the logs.
 import t from 'tap'
+import { scanKeys } from '../helpers/redis.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built } from '../helper.js'
+import { build, secrets as newSecrets, CLIENT_ID, type Built, recordIssuedTokens } from '../helper.js'
 import type { TestRedis } from '../helpers/redis.js'
-import { TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
+import { buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
 import { createKeyRing, KeyRingError } from '../../src/key-ring.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type TokenStore } from '../../src/token-store.js'
@@ -32,16 +33,7 @@ const contexts: Ctx[] = []
 /** The simulator over real HTTP, recording every token it issues. */
 async function startSim (t: Tap, clientSecret: string, opts: Partial<SimulatorOptions> = {}): Promise<{ sim: Simulator & { url: string }, issued: Set<string> }> {
   const s = buildSimulator({ clientId: CLIENT_ID, clientSecret, ...opts })
-  const issued = new Set<string>()
-  s.app.addHook('onSend', async (request, _reply, payload) => {
-    if (request.url.startsWith(TOKEN_PATH) && typeof payload === 'string') {
-      try {
-        const body = JSON.parse(payload) as Record<string, unknown>
-        for (const k of ['access_token', 'refresh_token']) if (typeof body[k] === 'string') issued.add(body[k])
-      } catch {}
-    }
-    return payload
-  })
+  const issued = recordIssuedTokens(s)
   await s.app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(async () => await s.app.close())
   return { sim: { ...s, url: `http://127.0.0.1:${(s.app.server.address() as { port: number }).port}` }, issued }
@@ -80,17 +72,6 @@ async function onboard (ctx: Ctx, merchantId: string, bind = true): Promise<Res>
   const code = ctx.sim.control.issueCode(merchantId)
   ctx.codes.add(code)
   return await ctx.b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
-}
-
-async function scanKeys (redis: Redis, pattern = '*'): Promise<string[]> {
-  const keys: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
-    keys.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return keys
 }
 
 /** Every key and every value in Redis, whatever its type. */
@@ -270,6 +251,45 @@ t.test('key rotation: `new,old` reads records written under old and writes under
 
   const { text } = await dumpRedis(after.redis)
   t.same(found(text, [...secretsOf(before, true), ...secretsOf(after, true), oldKey, newKey]), [], 'no plaintext after rotation either')
+})
+
+t.test('key rotation: a merchant in reauthorization_required is rewritten under new by a lookup that answers 409', async t => {
+  const oldKey = randomBytes(32).toString('base64')
+  const newKey = randomBytes(32).toString('base64')
+  const kidOf = (blob: string | null): string => String(blob).split('.')[1]
+
+  const before = await setup(t, { env: { TOKEN_ENCRYPTION_KEYS: `old:${oldKey}` } })
+  t.equal((await onboard(before, 'm_rot_reauth')).statusCode, 200)
+  const written = await before.store.get('m_rot_reauth')
+  if (written === undefined) throw new Error('m_rot_reauth not stored')
+  const marked = await before.store.markReauthorizationRequired('m_rot_reauth', written.version)
+  t.equal(marked, written.version + 1, 'marked reauthorization_required')
+  const key = before.keys.merchant('m_rot_reauth')
+  for (const field of ['access_token_enc', 'refresh_token_enc']) t.equal(kidOf(await before.redis.hget(key, field)), 'old', `${field} under old`)
+
+  const after = await setup(t, { with: before, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
+  const lookup = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth/access-token', headers: after.b.auth })
+  t.equal(lookup.statusCode, 409, lookup.body)
+  t.equal(lookup.json<{ error: { code: string } }>().error.code, 'reauthorization_required')
+
+  // The read behind the 409 rewrites the record under the current key (in the background).
+  for (let i = 0; i < 100 && kidOf(await after.redis.hget(key, 'refresh_token_enc')) !== 'new'; i++) await sleep(20)
+  for (const field of ['access_token_enc', 'refresh_token_enc']) t.equal(kidOf(await after.redis.hget(key, field)), 'new', `${field} rewritten under kid new`)
+  t.equal(await after.redis.hget(key, 'status'), 'reauthorization_required', 'the rewrite keeps the status')
+  t.equal(Number(await after.redis.hget(key, 'version')), (marked ?? 0) + 1, 'one compare-and-set write')
+  const rewritten = await after.store.get('m_rot_reauth')
+  t.equal(rewritten?.refreshToken, written.refreshToken, 'the same refresh token')
+  t.equal(rewritten?.accessToken, written.accessToken, 'the same access token')
+  t.match(rewritten, { status: 'reauthorization_required', connectedAt: written.connectedAt, refreshTokenExpiresAt: written.refreshTokenExpiresAt, accessTokenExpiresAt: written.accessTokenExpiresAt })
+  // The old key can be retired: a ring of the new key alone reads it.
+  const onlyNew = createTokenStore(after.redis, createKeyRing([{ kid: 'new', key: Buffer.from(newKey, 'base64') }]), after.keys)
+  t.equal((await onlyNew.get('m_rot_reauth'))?.refreshToken, written.refreshToken, 'readable without the old key')
+
+  const again = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth/access-token', headers: after.b.auth })
+  t.equal(again.statusCode, 409, 'still 409 after the rewrite')
+  const status = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth', headers: after.b.auth })
+  t.equal(status.json<{ status: string }>().status, 'reauthorization_required')
+  t.equal(after.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length, 0, 'no refresh attempted')
 })
 
 t.test('logs contain no code, token, secret or callback query string', async t => {

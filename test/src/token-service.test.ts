@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { build, onboard, secrets, startSimulator, type Built } from '../helper.js'
+import { build, onboard, secrets, startSimulator, type Built, until } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
@@ -22,6 +22,8 @@ interface Cluster {
   replicas: Built[]
   sim: Built['sim']
   advance: (ms: number) => void
+  /** The shared clock of the replicas and the simulator. */
+  now: () => number
   redis: Redis
   store: TokenStore
   prefix: string
@@ -46,6 +48,7 @@ async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = 
     replicas,
     sim,
     advance: (ms) => { offset += ms },
+    now,
     redis,
     store,
     prefix: config.redisKeyPrefix,
@@ -55,15 +58,6 @@ async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = 
       if (r === undefined) throw new Error(`${mid} is not stored`)
       return r
     }
-  }
-}
-
-async function until (predicate: () => Promise<boolean> | boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (await predicate()) return true
-    if (Date.now() > deadline) return false
-    await sleep(25)
   }
 }
 
@@ -291,4 +285,140 @@ t.test('reauthorization seen by one replica is lifted by an onboarding on anothe
   t.equal(rec.status, 'connected')
   t.ok(await until(async () => (await c.lookup(a, 'm_lost')).statusCode === 200, 2000), 'the replica that saw the rejection serves the new token')
   t.equal((await c.lookup(a, 'm_lost')).json().access_token, rec.accessToken)
+})
+
+const errorCode = (res: { body: string }): string | undefined => (JSON.parse(res.body) as { error?: { code?: string } }).error?.code
+
+t.test('a lookup that waited on another replica\'s refresh re-checks what it finds', async t => {
+  await t.test('the holder\'s refresh is rejected (slow CyberSource): every lookup on both replicas answers 409', async t => {
+    const c = await cluster(t, 2)
+    const [a, b] = c.replicas
+    await connect(t, c, 'm_wait_409', a)
+    await warm(t, c, 'm_wait_409')
+    t.equal(c.sim.control.revokeRefreshTokens('m_wait_409'), 1)
+    // Slow enough that B's lookups queue on A's lock while A's request is at CyberSource.
+    c.sim.control.setBehavior({ delayMs: 800, grantType: 'refresh_token' })
+    c.advance(NEARLY_EXPIRED_MS)
+
+    const first = c.lookup(a, 'm_wait_409')
+    t.ok(await until(() => refreshRequests(c) === 1, 5000), 'A holds the lock and its refresh is at CyberSource')
+    t.equal(await c.redis.exists(`${c.prefix}lock:{m_wait_409}`), 1, 'the lock is held')
+    const answers = await Promise.all([first, ...Array.from({ length: 60 }, async (_, i) => await c.lookup(i % 3 === 0 ? a : b, 'm_wait_409'))])
+    const codes = answers.map(r => `${r.statusCode} ${errorCode(r) ?? ''}`)
+    t.same([...new Set(codes)], ['409 reauthorization_required'], 'every answer is 409 reauthorization_required')
+    t.equal(answers.filter(r => r.statusCode === 200).length, 0, 'no answer served the token that had < 60 s left')
+    t.equal(refreshRequests(c), 1, 'one refresh request at CyberSource')
+    t.equal((await c.stored('m_wait_409')).status, 'reauthorization_required')
+
+    c.sim.control.setBehavior({})
+    for (const r of [a, b]) {
+      const res = await c.lookup(r, 'm_wait_409')
+      t.equal(res.statusCode, 409, 'later lookups: 409')
+    }
+    t.equal(refreshRequests(c), 1, 'the dead refresh token is not sent again')
+  })
+
+  await t.test('the same without a delay: 100 concurrent lookups over both replicas', async t => {
+    const c = await cluster(t, 2)
+    await connect(t, c, 'm_wait_409_fast')
+    await warm(t, c, 'm_wait_409_fast')
+    c.sim.control.revokeRefreshTokens('m_wait_409_fast')
+    c.advance(NEARLY_EXPIRED_MS)
+    const answers = await storm(c, 'm_wait_409_fast', 100)
+    t.same([...new Set(answers.map(r => `${r.statusCode} ${errorCode(r) ?? ''}`))], ['409 reauthorization_required'])
+    t.ok(refreshRequests(c) <= 1, `at most one refresh request (${refreshRequests(c)})`)
+  })
+})
+
+t.test('the in-process cache is dropped when the subscriber reconnects', async t => {
+  const c = await cluster(t, 2)
+  const [a, b] = c.replicas
+  await connect(t, c, 'm_sub_deleted', a)
+  await connect(t, c, 'm_sub_refreshed', a)
+  const deletedToken = await warm(t, c, 'm_sub_deleted')
+  const oldToken = await warm(t, c, 'm_sub_refreshed')
+  const channel = `${c.prefix}events`
+  const subscribers = async (): Promise<number> => Number((await c.redis.pubsub('NUMSUB', channel) as [string, number])[1])
+  t.equal(await subscribers(), 2, 'both replicas are subscribed')
+
+  // Drop every pub/sub connection, then change both merchants through A before they are back
+  // (ioredis waits at least 100 ms before reconnecting).
+  await c.redis.client('KILL', 'TYPE', 'pubsub')
+  const del = await a.app.inject({ method: 'DELETE', url: '/internal/v1/merchants/m_sub_deleted', headers: a.auth })
+  t.equal(del.statusCode, 204)
+  const forced = await a.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_sub_refreshed/refresh', headers: a.auth })
+  t.equal(forced.statusCode, 200, forced.body)
+  // Subscriptions only come back, so none now means none when the changes were published.
+  t.equal(await subscribers(), 0, 'the changes were published while no subscriber listened')
+  t.ok(await until(async () => await subscribers() === 2, 10_000), 'both subscribers are back')
+
+  const gone = await c.lookup(b, 'm_sub_deleted')
+  t.equal(gone.statusCode, 404, `B does not serve the deleted merchant from its cache (got ${gone.statusCode})`)
+  t.equal(errorCode(gone), 'merchant_not_found')
+  t.notOk(gone.body.includes(deletedToken))
+  const fresh = await c.lookup(b, 'm_sub_refreshed')
+  t.equal(fresh.statusCode, 200)
+  const stored = await c.stored('m_sub_refreshed')
+  t.not(stored.accessToken, oldToken)
+  t.equal(fresh.json().access_token, stored.accessToken, 'B serves the token refreshed while it was away, not its cached one')
+  t.equal(c.sim.control.stats().refreshes, 1)
+})
+
+t.test('a forced refresh while a due background refresh of the same merchant is in flight', async t => {
+  for (const via of ['the same replica', 'another replica']) {
+    await t.test(`slow CyberSource, forced on ${via}: the answer and every later lookup carry the newest tokens`, async t => {
+      const c = await cluster(t, 2)
+      const [a, b] = c.replicas
+      const forcer = via === 'the same replica' ? a : b
+      await connect(t, c, 'm_force_due', a)
+      const old = await warm(t, c, 'm_force_due')
+      c.sim.control.setBehavior({ delayMs: 1000, grantType: 'refresh_token' })
+      c.advance(PAST_REFRESH_POINT_MS)
+      const bg = await c.lookup(a, 'm_force_due')
+      t.equal(bg.json().access_token, old, 'the lookup is answered at once; the due refresh runs in the background')
+      t.ok(await until(() => refreshRequests(c) === 1, 5000), 'the due refresh is at CyberSource')
+
+      const startedAt = c.now()
+      const res = await forcer.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_force_due/refresh', headers: forcer.auth })
+      t.equal(res.statusCode, 200, res.body)
+      const s = res.json()
+      t.equal(s.status, 'connected')
+      t.ok(s.last_refreshed_at !== null && Date.parse(s.last_refreshed_at) >= startedAt, `refreshed after the forced request started (${s.last_refreshed_at} vs ${new Date(startedAt).toISOString()})`)
+      const rec = await c.stored('m_force_due')
+      t.equal(s.last_refreshed_at, new Date(rec.lastRefreshedAt ?? 0).toISOString(), 'the answer describes the stored record')
+      t.equal(s.access_token_expires_at, new Date(rec.accessTokenExpiresAt).toISOString())
+      t.not(rec.accessToken, old)
+      for (const r of c.replicas) {
+        t.ok(await until(async () => (await c.lookup(r, 'm_force_due')).json().access_token === rec.accessToken, 3000), 'every replica serves the newest token')
+      }
+      t.equal(assertAll200SameToken(t, await storm(c, 'm_force_due', 20), 'afterwards'), rec.accessToken)
+      t.ok(refreshRequests(c) >= 1 && refreshRequests(c) <= 2, `one or two refreshes (${refreshRequests(c)})`)
+      c.sim.control.setBehavior({})
+      await assertRefreshTokenAlive(t, c, 'm_force_due')
+    })
+  }
+
+  await t.test('the due refresh finds nothing to do: the forced one still refreshes', async t => {
+    const c = await cluster(t, 1)
+    const [a] = c.replicas
+    await connect(t, c, 'm_force_noop', a)
+    const old = await warm(t, c, 'm_force_noop')
+    // Another replica holds the lock, so the due refresh started below waits for it.
+    t.equal(await c.redis.set(`${c.prefix}lock:{m_force_noop}`, 'another-replica', 'PX', 1500, 'NX'), 'OK')
+    c.advance(PAST_REFRESH_POINT_MS)
+    t.equal((await c.lookup(a, 'm_force_noop')).json().access_token, old, 'due: answered at once, refresh started')
+    // Back before the refresh point: once it gets the lock, the due refresh has nothing to do.
+    c.advance(-PAST_REFRESH_POINT_MS)
+    const startedAt = c.now()
+    const res = await a.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_force_noop/refresh', headers: a.auth })
+    t.equal(res.statusCode, 200, res.body)
+    const s = res.json()
+    t.ok(s.last_refreshed_at !== null && Date.parse(s.last_refreshed_at) >= startedAt, `the forced refresh happened (last_refreshed_at ${s.last_refreshed_at})`)
+    t.equal(refreshRequests(c), 1, 'exactly one refresh request: the forced one')
+    const rec = await c.stored('m_force_noop')
+    t.not(rec.accessToken, old)
+    const after = await c.lookup(a, 'm_force_noop')
+    t.equal(after.json().access_token, rec.accessToken, 'the new token is served')
+    await assertRefreshTokenAlive(t, c, 'm_force_noop')
+  })
 })

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createKeyRing } from '../../src/key-ring.js'
@@ -49,25 +49,6 @@ function record (merchantId: string, overrides: Partial<NewRecord> = {}): NewRec
  * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
  * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
  */
-async function withRedisStopped<T> (server: TestRedis, fn: () => Promise<T>): Promise<T> {
-  await server.stop()
-  try {
-    return await fn()
-  } finally {
-    await server.start()
-  }
-}
-
-async function allKeys (redis: Redis): Promise<string[]> {
-  const out: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await redis.scan(cursor, 'COUNT', 1000)
-    out.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return out
-}
 
 t.test('put and get: encrypted round trip', async t => {
   const { redis, store } = await setup(t)
@@ -86,7 +67,7 @@ t.test('put and get: encrypted round trip', async t => {
   await store.put(nullRefresh)
   t.equal((await store.get('m_null'))?.lastRefreshedAt, null, 'lastRefreshedAt null survives')
 
-  t.same(await allKeys(redis).then(k => k.sort()), [keys.merchant('m_1'), keys.merchant('m_null')], 'one key per merchant, under the prefix')
+  t.same(await scanKeys(redis).then(k => k.sort()), [keys.merchant('m_1'), keys.merchant('m_null')], 'one key per merchant, under the prefix')
   const hash = await redis.hgetall(keys.merchant('m_1'))
   const dump = JSON.stringify(hash)
   for (const secret of [r.accessToken, r.refreshToken, r.accessToken.split('.')[1], r.refreshToken.split('.')[2]]) {
@@ -170,7 +151,7 @@ t.test('delete removes the record and the lock key', async t => {
   t.equal(await store.delete('m_never'), false, 'unknown merchant: false')
   t.equal(await redis.exists(keys.merchant('m_keep')), 1, 'other merchant untouched')
   t.equal(await redis.exists(keys.lock('m_keep')), 1, 'other lock untouched')
-  t.same((await allKeys(redis)).filter(k => k.includes('m_del')), [], 'no key of the deleted merchant is left')
+  t.same((await scanKeys(redis)).filter(k => k.includes('m_del')), [], 'no key of the deleted merchant is left')
 })
 
 t.test('list pages through 250 merchants, each exactly once', async t => {

@@ -301,6 +301,74 @@ t.test('refresh retries while unavailable, within bounds', async t => {
     t.equal(sim.control.requests().length, 4)
   })
 
+  t.test('drain(): no further attempt once shutdown has begun', async t => {
+    // Every refresh answers 500 without a body, after 400 ms: the first attempt can be caught in flight.
+    const unavailable = { fault: 'error_500_empty', delayMs: 400, grantType: 'refresh_token' } as const
+    const start = async (): Promise<{ sim: Sim, c: TokenClient, refreshToken: string }> => {
+      const sim = await startSim(t)
+      const c = client(t, sim.tokenUrl, { backoffBaseMs: 200, backoffMaxMs: 2000 })
+      const { refreshToken } = keep(await c.exchangeCode(sim.code('m_drain')))
+      sim.control.reset()
+      sim.control.setBehavior(unavailable)
+      return { sim, c, refreshToken }
+    }
+    const refreshes = (sim: Sim): number => sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length
+
+    t.test('without drain: every attempt is made', async t => {
+      const { sim, c, refreshToken } = await start()
+      await failure(t, c.refresh(refreshToken), 'unavailable')
+      t.equal(refreshes(sim), 3, 'three attempts')
+    })
+
+    t.test('drain during the first attempt: refresh() rejects after that attempt', async t => {
+      const { sim, c, refreshToken } = await start()
+      const pending = failure(t, c.refresh(refreshToken), 'unavailable')
+      for (let i = 0; i < 400 && refreshes(sim) === 0; i++) await new Promise(resolve => setTimeout(resolve, 5))
+      t.equal(refreshes(sim), 1, 'the first attempt reached CyberSource')
+      t.equal(sim.control.stats().failures, 0, 'and is still waiting for its answer')
+      c.drain()
+      const e = await pending
+      t.equal(e.status, 500, 'the first attempt\'s failure is the one reported')
+      t.equal(refreshes(sim), 1, 'exactly one request: no retry after drain()')
+      t.equal(sim.control.stats().failures, 1)
+    })
+
+    t.test('drain during the backoff wait: no next attempt', async t => {
+      const sim = await startSim(t)
+      let drained = false
+      // drain() right after the first failure was logged (retrying: true), i.e. while backing off.
+      const sink = new Writable({
+        write (chunk: Buffer, _enc, done) {
+          const line = chunk.toString()
+          logLines.push(line)
+          if (!drained && line.includes('"attempt":1') && line.includes('"retrying":true')) {
+            drained = true
+            setImmediate(() => c.drain())
+          }
+          done()
+        }
+      })
+      const c = client(t, sim.tokenUrl, { backoffBaseMs: 200, backoffMaxMs: 2000, log: pino({ level: 'trace' }, sink) })
+      const { refreshToken } = keep(await c.exchangeCode(sim.code('m_drain_backoff')))
+      sim.control.reset()
+      sim.control.setBehavior({ fault: 'error_500_empty', grantType: 'refresh_token' })
+      await failure(t, c.refresh(refreshToken), 'unavailable')
+      t.ok(drained, 'drain() was called after the first failure')
+      t.equal(refreshes(sim), 1, 'exactly one request')
+    })
+
+    t.test('a call started after drain() makes one attempt', async t => {
+      const { sim, c, refreshToken } = await start()
+      sim.control.setBehavior({ ...unavailable, delayMs: 0 })
+      c.drain()
+      await failure(t, c.refresh(refreshToken), 'unavailable')
+      t.equal(refreshes(sim), 1)
+      sim.control.setBehavior({})
+      const set = keep(await c.refresh(refreshToken))
+      t.equal(set.merchantId, 'm_drain', 'a drained client still answers a successful attempt')
+    })
+  })
+
   t.test('a code exchange is not retried on a 500', async t => {
     const sim = await startSim(t, { behavior: { fault: 'error_500_empty', times: 1 } })
     const c = client(t, sim.tokenUrl)
