@@ -386,7 +386,7 @@ function render (r: ReportInput): string {
     '',
     '- The static route is the ceiling of a lookup on this machine: Fastify answering the same',
     '  bytes, pre-serialized, with no guard, no logging and no hooks. broker / static is what the',
-    '  broker\'s own work per call costs: bearer check, audit log line, helmet and correlation-id',
+    '  broker\'s own work per call costs: bearer check, audit log line, correlation-id and nosniff',
     '  headers, response schema serialization. Hello world adds the cost of the response size.',
     '- req/s of a saturated server, loaded from the same 2-core machine: the client takes one core,',
     '  so a cheap server is limited by autocannon (static, hello) and an expensive one by itself.',
