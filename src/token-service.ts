@@ -165,13 +165,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   }
 
   async function refreshLocked (merchantId: string, force: boolean, seenVersion: number | undefined, lock: { key: string, owner: string }): Promise<MerchantRecord> {
-    const current = await store.get(merchantId)
-    if (current === undefined) {
-      forget(merchantId)
-      throw new MerchantNotFoundError()
-    }
-    remember(current)
-    if (effectiveStatus(current).status !== 'connected') throw new ReauthorizationRequiredError()
+    const current = await readConnected(merchantId)
     // Another replica refreshed while we queued for the lock: its result is ours.
     if (seenVersion !== undefined && current.version !== seenVersion && (force || current.accessTokenExpiresAt - now() >= MIN_VALIDITY_MS)) return current
     if (!force && now() < refreshAtOf(current)) return current
@@ -239,11 +233,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     throw new UpstreamUnavailableError()
   }
 
-  /**
-   * A fresh read of the record when it can be served: connected and, unless `anyValidity`, with
-   * at least MIN_VALIDITY_MS left; undefined when it needs a refresh. Throws for gone / reauthorization.
-   */
-  async function servable (merchantId: string, anyValidity: boolean): Promise<MerchantRecord | undefined> {
+  /** A fresh read of the record (cached); throws when it is gone or needs a new onboarding. */
+  async function readConnected (merchantId: string): Promise<MerchantRecord> {
     const fresh = await store.get(merchantId)
     if (fresh === undefined) {
       forget(merchantId)
@@ -251,6 +242,15 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     }
     remember(fresh)
     if (effectiveStatus(fresh).status !== 'connected') throw new ReauthorizationRequiredError()
+    return fresh
+  }
+
+  /**
+   * A fresh read of the record when it can be served: connected and, unless `anyValidity`, with
+   * at least MIN_VALIDITY_MS left; undefined when it needs a refresh. Throws for gone / reauthorization.
+   */
+  async function servable (merchantId: string, anyValidity: boolean): Promise<MerchantRecord | undefined> {
+    const fresh = await readConnected(merchantId)
     return anyValidity || fresh.accessTokenExpiresAt - now() >= MIN_VALIDITY_MS ? fresh : undefined
   }
 

@@ -20,7 +20,7 @@
 import t, { type Test } from 'tap'
 import { Cluster, type Redis } from 'ioredis'
 import { build, onboard, secrets, startSimulator, type Built } from '../helper.js'
-import { startRedis } from '../helpers/redis.js'
+import { scanKeys, startRedis } from '../helpers/redis.js'
 import { HOST, adminClient, infoField, startCluster, startSentinel, until } from '../helpers/redis-topologies.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
@@ -39,18 +39,6 @@ const ready = async (b: Built): Promise<Res> => await b.app.inject({ url: '/heal
 const tokenOf = (res: Res): string => res.json().access_token
 /** The response body as an assertion message only when the status is not the expected one (bodies may hold a token). */
 const why = (res: Res, expected = 200): string => res.statusCode === expected ? `status ${expected}` : `status ${res.statusCode}: ${res.body}`
-
-/** Every key of a node (SCAN, never KEYS). */
-async function allKeys (client: Redis, match = '*'): Promise<string[]> {
-  const keys: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await client.scan(cursor, 'MATCH', match, 'COUNT', 1000)
-    keys.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return keys
-}
 
 /** Walks the list route with `limit`, each page on the next instance in turn; returns the pages' ids. */
 async function walkList (t: Test, instances: Built[], limit: number): Promise<string[][]> {
@@ -125,7 +113,7 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
     }
     let total = 0
     for (const [i, c] of cluster.clients.entries()) {
-      const found = (await allKeys(c, keys.merchantPattern)).map(k => keys.merchantIdOf(k) ?? '')
+      const found = (await scanKeys(c, keys.merchantPattern)).map(k => keys.merchantIdOf(k) ?? '')
       t.ok(found.length > 0, `master ${i + 1} holds merchant records (${found.length})`)
       t.ok(await c.dbsize() >= found.length, `master ${i + 1}: DBSIZE counts them`)
       for (const mid of found) home.set(mid, i)
@@ -251,7 +239,7 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
     t.match(metrics.body, /^cybs_merchants\{status="connected"\} 29$/m, 'cybs_merchants counts the merchants of every master')
     const records: string[] = []
     for (const [i, c] of cluster.clients.entries()) {
-      const all = await allKeys(c)
+      const all = await scanKeys(c)
       t.same(all.filter(k => !k.startsWith(PREFIX)), [], `master ${i + 1}: every key starts with ${PREFIX}`)
       records.push(...all.filter(k => keys.merchantIdOf(k) !== undefined))
       // Besides the records, only rate-limit counters: states were consumed, locks released.
@@ -303,7 +291,7 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
 
     assertEachOnce(t, await walkList(t, [a, b], 2), merchants, 'limit 2')
     for (const inst of [a, b]) t.equal((await ready(inst)).statusCode, 200)
-    t.same((await allKeys(sen.masterClient)).filter(k => !k.startsWith(PREFIX)), [], `every key starts with ${PREFIX}`)
+    t.same((await scanKeys(sen.masterClient)).filter(k => !k.startsWith(PREFIX)), [], `every key starts with ${PREFIX}`)
     t.equal(await adminClient(t, standalone.port).dbsize(), 0, 'the standalone Redis of REDIS_URL stayed empty')
   })
 
