@@ -8,7 +8,6 @@ import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { UriTooLongError } from './errors.js'
 import { errorBody } from '../plugins/errors.js'
-import { renderPage } from './pages.js'
 import { loggerOptions } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
@@ -20,7 +19,7 @@ import storesPlugin from '../plugins/stores.js'
 import onboardingPlugin from '../plugins/onboarding.js'
 import tokenServicePlugin from '../plugins/token-service.js'
 import healthRoutes from '../routes/health/index.js'
-import oauthRoutes from '../routes/oauth/index.js'
+import oauthRoutes, { failurePage } from '../routes/oauth/index.js'
 import internalRoutes from '../routes/internal/index.js'
 import metricsRoutes from '../routes/metrics/index.js'
 import docsRoutes from '../routes/docs/index.js'
@@ -61,7 +60,7 @@ export function serverOptions (config: Config, opts: { pretty?: boolean } = {}):
     frameworkErrors: (_err, request, reply) => {
       const r = (reply as FastifyReply).code(400).header('x-correlation-id', request.id)
       return request.url.startsWith('/oauth/')
-        ? r.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(renderPage('Invalid request', ['The link you followed is malformed. Please start again from the partner portal.'], request.id))
+        ? r.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(failurePage('invalid_request', request.id))
         : r.send(errorBody('invalid_request', 'The request URL is malformed', request.id))
     }
   }

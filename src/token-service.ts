@@ -29,7 +29,6 @@ const CLIENT_ERRORS = new Set(['invalid_client', 'unauthorized_client'])
  */
 const GRANT_ERROR = 'invalid_grant'
 
-export type LookupOutcome = 'hit' | 'loaded' | 'refreshed' | 'not_found' | 'reauthorization_required' | 'upstream_unavailable' | 'storage_unavailable'
 export type RefreshOutcome = 'ok' | 'rejected' | 'client_rejected' | 'unavailable' | 'protocol' | 'conflict'
 
 /** Hooks for metrics; every member optional. */

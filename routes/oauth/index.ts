@@ -21,6 +21,12 @@ const FAILURES: Record<PageReason, { status: number, title: string, text: string
   rate_limited: { status: 429, title: 'Too many attempts', text: 'Too many requests came from your network. Please wait a minute, then start again from the partner portal.' }
 }
 
+/** The failure page the merchant's browser sees for a reason. */
+export function failurePage (reason: PageReason, correlationId: string): string {
+  const f = FAILURES[reason]
+  return renderPage(f.title, [f.text], correlationId)
+}
+
 function withParams (base: string, params: Record<string, string>): string {
   const url = new URL(base)
   for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v)
@@ -45,8 +51,7 @@ export default async function oauthRoutes (app: FastifyInstance): Promise<void> 
     if (failureUrl !== undefined && reason !== 'invalid_request' && reason !== 'invalid_state' && reason !== 'rate_limited') {
       return await reply.redirect(withParams(failureUrl, { reason, correlation_id: request.id }), 302)
     }
-    const f = FAILURES[reason]
-    return await reply.code(status ?? f.status).type('text/html; charset=utf-8').send(renderPage(f.title, [f.text], request.id))
+    return await reply.code(status ?? FAILURES[reason].status).type('text/html; charset=utf-8').send(failurePage(reason, request.id))
   }
 
   // Pages must never be cached, framed or leak the callback URL through a Referer.
