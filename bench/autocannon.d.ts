@@ -9,6 +9,8 @@ declare module 'autocannon' {
     duration?: number
     headers?: Record<string, string>
     timeout?: number
+    /** Requests per second over all connections (a fixed rate instead of as fast as possible). */
+    overallRate?: number
   }
 
   /** Percentiles as autocannon reports them (hdr-histogram-percentiles-obj). */

@@ -38,6 +38,7 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 30 }),
   RATE_LIMIT_WINDOW_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 60 }),
   INTERNAL_API_DOCS: Type.Boolean({ default: true }),
+  AUDIT_SUMMARY_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 10 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 20000 }),
   TRUST_PROXY: Type.Boolean({ default: false })
 })
@@ -74,6 +75,8 @@ export interface Config {
   onboarding: { successUrl?: string, failureUrl?: string, stateTtlSeconds: number }
   rateLimit: { max: number, windowSeconds: number }
   internalApiDocs: boolean
+  /** Successful lookups are audited as a summary per caller and merchant this often; 0: a line each. */
+  auditSummarySeconds: number
   shutdownGraceMs: number
   trustProxy: boolean
 }
@@ -326,6 +329,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     onboarding: { successUrl, failureUrl, stateTtlSeconds: e.STATE_TTL_SECONDS },
     rateLimit: { max: e.RATE_LIMIT_MAX, windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS },
     internalApiDocs: e.INTERNAL_API_DOCS,
+    auditSummarySeconds: e.AUDIT_SUMMARY_SECONDS,
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     trustProxy: e.TRUST_PROXY
   }

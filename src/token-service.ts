@@ -46,6 +46,11 @@ export interface AccessToken {
 }
 
 export interface TokenService {
+  /**
+   * The hot path, synchronous: the cached token while it is not yet due for a refresh (no Redis,
+   * no decryption), the same object for every call; undefined sends the caller to getAccessToken.
+   */
+  peekAccessToken: (merchantId: string) => AccessToken | undefined
   getAccessToken: (merchantId: string) => Promise<AccessToken>
   forceRefresh: (merchantId: string) => Promise<MerchantMeta>
   getStatus: (merchantId: string) => Promise<MerchantMeta>
@@ -75,7 +80,7 @@ export interface TokenServiceOptions {
   storeRetryDelaysMs?: number[]
 }
 
-interface CacheEntry { record: MerchantRecord, refreshAt: number }
+interface CacheEntry { record: MerchantRecord, refreshAt: number, token: AccessToken }
 
 /** A stable number in [0, 1) from a string (FNV-1a), for jitter every replica agrees on. */
 function unitHash (s: string): number {
@@ -128,9 +133,21 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   }
   // Every record passed here was just read from or written to Redis (one ordered connection per
   // key), so it replaces whatever is cached.
+  const toAccessToken = (r: MerchantRecord): AccessToken => ({
+    merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer', scope: r.scope, expiresAt: r.accessTokenExpiresAt
+  })
   const remember = (r: MerchantRecord): MerchantRecord => {
-    cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r) })
+    cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r), token: toAccessToken(r) })
     return r
+  }
+  /** The cached token object of a record when it is the cached one (stable for the routes). */
+  const tokenOf = (r: MerchantRecord): AccessToken => {
+    const entry = cache.get(r.merchantId)
+    return entry?.record === r ? entry.token : toAccessToken(r)
+  }
+  const peek = (merchantId: string): AccessToken | undefined => {
+    const entry = cache.get(merchantId)
+    return entry !== undefined && entry.record.status === 'connected' && now() < entry.refreshAt ? entry.token : undefined
   }
   const forget = (merchantId: string): void => { cache.delete(merchantId) }
   const effectiveStatus = <T extends MerchantMeta>(r: T): T =>
@@ -322,16 +339,15 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     return p
   }
 
-  const toAccessToken = (r: MerchantRecord): AccessToken => ({
-    merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer', scope: r.scope, expiresAt: r.accessTokenExpiresAt
-  })
-
   return {
+    peekAccessToken: peek,
+
     async getAccessToken (merchantId) {
+      // Hot path: no Redis, no decryption.
+      const hot = peek(merchantId)
+      if (hot !== undefined) return hot
       const entry = cache.get(merchantId)
       const t = now()
-      // Hot path: no Redis, no decryption.
-      if (entry !== undefined && entry.record.status === 'connected' && t < entry.refreshAt) return toAccessToken(entry.record)
 
       // A cached merchant that cannot be served is re-read: a new onboarding must lift a
       // reauthorization even when its change message was lost (subscriber reconnecting).
@@ -339,9 +355,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       if (record === undefined) throw new MerchantNotFoundError()
       if (effectiveStatus(record).status !== 'connected') throw new ReauthorizationRequiredError()
       const stillValid = record.accessTokenExpiresAt - t >= MIN_VALIDITY_MS
-      if (t < refreshAtOf(record) && stillValid) return toAccessToken(record)
+      if (t < refreshAtOf(record) && stillValid) return tokenOf(record)
       if ((failedUntil.get(merchantId) ?? 0) > t) {
-        if (stillValid) return toAccessToken(record)
+        if (stillValid) return tokenOf(record)
         throw new UpstreamUnavailableError()
       }
       if (stillValid) {
@@ -352,9 +368,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
             else if (!(err instanceof UpstreamUnavailableError || err instanceof ReauthorizationRequiredError)) log.warn({ err, merchant_id: merchantId }, 'background refresh failed')
           })
         }
-        return toAccessToken(record)
+        return tokenOf(record)
       }
-      return toAccessToken(await refreshOnce(merchantId, false, record))
+      return tokenOf(await refreshOnce(merchantId, false, record))
     },
 
     async forceRefresh (merchantId) {

@@ -1,5 +1,6 @@
 // The bearer guard of the internal API (INTERNAL_API_KEYS, constant-time), as an encapsulated
-// onRequest hook: the caller's name is set on the request and bound to its logger.
+// onRequest hook (callback-style: it runs on every lookup): the caller's name is set on the
+// request and bound to its logger.
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { createApiKeyVerifier } from '../../src/api-keys.js'
@@ -14,14 +15,18 @@ declare module 'fastify' {
 export function addBearerGuard (app: FastifyInstance): void {
   const verify = createApiKeyVerifier(app.config.internalApiKeys)
   if (!app.hasRequestDecorator('caller')) app.decorateRequest('caller', '')
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', (request, _reply, done) => {
     const caller = verify(request.headers.authorization)
-    if (caller === undefined) throw new UnauthorizedError()
+    if (caller === undefined) {
+      done(new UnauthorizedError())
+      return
+    }
     request.caller = caller
     // Bound to the request's own logger (Fastify makes one per request): a second child logger
     // per call cost more than the rest of the guard.
     const log = request.log as Logger
     if (typeof log.setBindings === 'function') log.setBindings({ caller })
     else request.log = request.log.child({ caller })
+    done()
   })
 }

@@ -1,6 +1,9 @@
-// /internal: the bearer guard (encapsulated here, not global) and the audit line of every call:
-// caller (bound to the request's logger), merchant id, outcome; never a token.
+// /internal: the bearer guard (encapsulated here, not global) and the audit trail: who called
+// what for which merchant, with the outcome; never a token. Successful access-token lookups are
+// summarized per caller and merchant (src/lookup-audit.ts, AUDIT_SUMMARY_SECONDS); every other
+// call has its own line. Hooks are callback-style: this is the path of every lookup.
 import type { FastifyInstance } from 'fastify'
+import { createLookupAudit } from '../../src/lookup-audit.js'
 import { addBearerGuard } from './guard.js'
 import merchantRoutes from './v1/merchants/index.js'
 import onboardingLinkRoutes from './v1/onboarding-links.js'
@@ -10,14 +13,27 @@ const LOOKUP_ROUTE = '/internal/v1/merchants/:merchantId/access-token'
 export default async function internalRoutes (app: FastifyInstance): Promise<void> {
   addBearerGuard(app)
 
-  app.addHook('onResponse', async (request, reply) => {
+  const seconds = app.config.auditSummarySeconds
+  const summary = seconds > 0
+    ? createLookupAudit({ log: app.log, intervalMs: seconds * 1000, route: LOOKUP_ROUTE, now: app.now })
+    : undefined
+  if (summary !== undefined) app.addHook('onClose', (_app, done) => { summary.close(); done() })
+
+  app.addHook('onResponse', (request, reply, done) => {
     // The merchant id is a path parameter, except for onboarding links (body).
     const bodyMerchantId = (request.body as { merchant_id?: unknown } | undefined)?.merchant_id
     const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId ??
       (typeof bodyMerchantId === 'string' ? bodyMerchantId : undefined)
     const outcome = request.errorCode ?? 'ok'
     const route = request.routeOptions.url
-    if (route === LOOKUP_ROUTE) app.metrics.lookups.inc({ outcome })
+    if (route === LOOKUP_ROUTE) {
+      app.metrics.lookups.inc({ outcome })
+      if (outcome === 'ok' && summary !== undefined && merchantId !== undefined) {
+        summary.record(request.caller, merchantId)
+        done()
+        return
+      }
+    }
     request.log.info({
       merchant_id: merchantId,
       route,
@@ -26,6 +42,7 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
       outcome,
       duration_ms: Math.round(reply.elapsedTime * 10) / 10
     }, 'internal api call')
+    done()
   })
 
   await app.register(merchantRoutes, { prefix: '/v1/merchants' })

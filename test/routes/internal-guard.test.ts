@@ -1,8 +1,9 @@
-// The internal API's front door: the bearer guard, the audit line, merchant id validation,
+// The internal API's front door: the bearer guard, the audit trail (a line per call, a summary
+// per caller and merchant for successful lookups), merchant id validation,
 // unknown merchants and routes, and onboarding links (SPEC §2 Internal API).
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
-import { build, onboard, CLIENT_ID, type Built } from '../helper.js'
+import { build, onboard, until, CLIENT_ID, type Built } from '../helper.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord } from '../../src/token-store.js'
@@ -79,6 +80,7 @@ t.test('internal API guard', async t => {
       ['secret differing in the last character', `Bearer ${nearMiss}`],
       ['secret with a prefix only', `Bearer ${apiSecret.slice(0, -1)}`],
       ['secret with an extra character', `Bearer ${apiSecret}x`],
+      ['secret followed by many characters', `Bearer ${apiSecret}${'x'.repeat(300)}`],
       ['secret followed by a space', `Bearer ${apiSecret} `],
       ['two spaces after Bearer', `Bearer  ${apiSecret}`],
       ['caller name and secret', `Bearer payments:${apiSecret}`],
@@ -132,8 +134,8 @@ t.test('internal API guard', async t => {
   })
 
   await t.test('the audit line: caller, merchant id, outcome, status; never a secret or token', async t => {
+    // (Successful lookups are summarized instead: next test.)
     const calls: Array<{ id: string, secret: string | undefined, url: string, caller?: string, status: number, outcome: string, merchant?: string }> = [
-      { id: 'audit-lookup-payments', secret: apiSecret, url: `/internal/v1/merchants/${mid}/access-token`, caller: 'payments', status: 200, outcome: 'ok', merchant: mid },
       { id: 'audit-status-reports', secret: otherApiSecret, url: `/internal/v1/merchants/${mid}`, caller: 'reports', status: 200, outcome: 'ok', merchant: mid },
       { id: 'audit-unknown-reports', secret: otherApiSecret, url: '/internal/v1/merchants/m_unknown/access-token', caller: 'reports', status: 404, outcome: 'merchant_not_found', merchant: 'm_unknown' },
       { id: 'audit-invalid-payments', secret: apiSecret, url: '/internal/v1/merchants/bad.id', caller: 'payments', status: 400, outcome: 'invalid_request' },
@@ -169,6 +171,55 @@ t.test('internal API guard', async t => {
       t.notOk(text.includes(secret), `logs do not contain the ${what}`)
     }
     t.notOk(text.includes('Bearer '), 'no Authorization header value is logged')
+  })
+
+  await t.test('successful lookups: one summary line per caller and merchant and interval', async t => {
+    const a = await build(t, { env: { AUDIT_SUMMARY_SECONDS: '1' } })
+    for (const m of ['m_sum_a', 'm_sum_b']) t.equal((await onboard(a, m)).statusCode, 200)
+    const lookups: Array<[string, string, number]> = [['payments', 'm_sum_a', 3], ['reports', 'm_sum_a', 2], ['payments', 'm_sum_b', 1]]
+    const secretOf: Record<string, string> = { payments: a.secrets.apiSecret, reports: a.secrets.otherApiSecret }
+    const startedAt = Date.now()
+    for (const [caller, m, n] of lookups) {
+      for (let i = 0; i < n; i++) {
+        const res = await a.app.inject({ url: `/internal/v1/merchants/${m}/access-token`, headers: { authorization: `Bearer ${secretOf[caller]}`, 'x-correlation-id': `sum-${caller}-${m}-${i}` } })
+        t.equal(res.statusCode, 200)
+      }
+    }
+    // A failed lookup keeps its own line and is not counted.
+    const missing = await a.app.inject({ url: '/internal/v1/merchants/m_sum_none/access-token', headers: { ...a.auth, 'x-correlation-id': 'sum-missing' } })
+    t.equal(missing.statusCode, 404)
+    t.equal(auditOf(t, a, 'sum-missing').outcome, 'merchant_not_found')
+
+    const summaries = (): Array<Record<string, unknown>> => a.logs.lines().filter(l => l.msg === 'internal api lookups')
+    t.ok(await until(() => summaries().length >= 3, 5000), 'summaries written within the interval')
+    const got = summaries().map(l => [l.caller, l.merchant_id, l.count]).sort()
+    t.same(got, lookups.map(([c, m, n]) => [c, m, n]).sort(), 'one line per caller and merchant with its count')
+    for (const l of summaries()) {
+      t.equal(l.level, 30)
+      t.equal(l.route, '/internal/v1/merchants/:merchantId/access-token')
+      t.equal(l.outcome, 'ok')
+      const first = Date.parse(String(l.first_at))
+      const last = Date.parse(String(l.last_at))
+      t.ok(first >= startedAt - 1000 && first <= last && last <= Date.now(), 'first and last times')
+    }
+    t.notOk(auditLines(a).some(l => String(l.reqId).startsWith('sum-payments') || String(l.reqId).startsWith('sum-reports')), 'no line per successful lookup')
+
+    // Lookups after a flush are counted afresh; pending counts are written at close.
+    t.equal((await a.app.inject({ url: '/internal/v1/merchants/m_sum_b/access-token', headers: a.auth })).statusCode, 200)
+    await a.app.close()
+    const last = summaries().at(-1)
+    t.match(last, { caller: 'payments', merchant_id: 'm_sum_b', count: 1 }, 'the pending count is written at close')
+    t.notOk(a.logs.text().includes(a.secrets.apiSecret), 'no secret in the logs')
+  })
+
+  await t.test('AUDIT_SUMMARY_SECONDS=0: one audit line per lookup', async t => {
+    const a = await build(t, { env: { AUDIT_SUMMARY_SECONDS: '0' } })
+    t.equal((await onboard(a, 'm_each')).statusCode, 200)
+    const res = await a.app.inject({ url: '/internal/v1/merchants/m_each/access-token', headers: { ...a.auth, 'x-correlation-id': 'each-lookup-1' } })
+    t.equal(res.statusCode, 200)
+    t.match(auditOf(t, a, 'each-lookup-1'), { level: 30, caller: 'payments', merchant_id: 'm_each', status: 200, outcome: 'ok', method: 'GET' })
+    await a.app.close()
+    t.same(a.logs.lines().filter(l => l.msg === 'internal api lookups'), [], 'no summaries')
   })
 
   await t.test('an invalid merchant id → 400 invalid_request on every route', async t => {

@@ -147,6 +147,35 @@ t.test('lookup and status shapes', async t => {
   await h.assertNoRefreshTokenLeaked(t, ['m_shape'])
 })
 
+t.test('the lookup body follows the clock (bodies are cached per token and second)', async t => {
+  const h = await harness(t)
+  await h.onboard('m_clock')
+  const first = await h.lookup('m_clock')
+  const again = await h.lookup('m_clock')
+  t.equal(again.body, first.body, 'the same bytes while expires_in is unchanged')
+  const e0 = first.json().expires_in as number
+  h.advance(1000)
+  t.equal((await h.lookup('m_clock')).json().expires_in, e0 - 1, 'one second later: one less')
+  h.advance(100_000)
+  const later = await h.lookup('m_clock')
+  t.equal(later.json().expires_in, e0 - 101, '100 s later')
+  t.equal(later.json().access_token, first.json().access_token, 'the same token (not yet due)')
+  t.equal(later.json().expires_at, first.json().expires_at)
+  // Past the refresh point: the current token (99 s left) is answered with a body of its own
+  // second while the refresh runs in the background; then the new token comes with its own body.
+  h.advance(700_000)
+  const due = await h.lookup('m_clock')
+  t.equal(due.json().expires_in, e0 - 801, 'the current token, 801 s later')
+  let refreshed = due
+  t.ok(await until(async () => {
+    refreshed = await h.lookup('m_clock')
+    return refreshed.json().access_token !== first.json().access_token
+  }, 5000), 'a refreshed token')
+  t.ok(refreshed.json().expires_in >= 895, `with a full lifetime (${refreshed.json().expires_in as number})`)
+  t.equal(Date.parse(refreshed.json().expires_at), (await stored(h, 'm_clock')).accessTokenExpiresAt)
+  await h.assertNoRefreshTokenLeaked(t, ['m_clock'])
+})
+
 t.test('list pagination', async t => {
   const h = await harness(t)
   const mids = Array.from({ length: 7 }, (_, i) => `m_page_${i}`)

@@ -1,6 +1,7 @@
 // /internal/v1/merchants: access-token lookup, status, list, forced refresh, delete (SPEC §2).
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { AccessToken } from '../../../../src/token-service.js'
 import type { MerchantMeta } from '../../../../src/token-store.js'
 import {
   AccessTokenSchema, ListQuerySchema, MerchantListSchema, MerchantParamsSchema, MerchantStatusSchema,
@@ -27,6 +28,30 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
   const tags = ['merchants']
   const security = [{ bearer: [] }]
 
+  // Lookup bodies, serialized (by the route's response schema) once per token and value of
+  // expires_in: the hot path sends a ready string. Entries go with their token objects.
+  const bodies = new WeakMap<AccessToken, { expiresIn: number, body: string }>()
+  const sendToken = (reply: FastifyReply, token: AccessToken): FastifyReply => {
+    const expiresIn = Math.floor((token.expiresAt - app.now()) / 1000)
+    let memo = bodies.get(token)
+    if (memo === undefined || memo.expiresIn !== expiresIn) {
+      memo = {
+        expiresIn,
+        // The route's serializer answers a string (the type also allows a custom one's buffers).
+        body: reply.serialize({
+          merchant_id: token.merchantId,
+          access_token: token.accessToken,
+          token_type: token.tokenType,
+          expires_at: iso(token.expiresAt),
+          expires_in: expiresIn,
+          scope: token.scope
+        }) as string
+      }
+      bodies.set(token, memo)
+    }
+    return reply.header('cache-control', 'no-store').type('application/json; charset=utf-8').send(memo.body)
+  }
+
   app.get('/:merchantId/access-token', {
     schema: {
       tags,
@@ -35,17 +60,13 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
       params: MerchantParamsSchema,
       response: { 200: AccessTokenSchema, ...errors(400, 401, 404, 409, 503) }
     }
-  }, async (request, reply) => {
-    const token = await app.tokenService.getAccessToken(request.params.merchantId)
-    reply.header('cache-control', 'no-store')
-    return {
-      merchant_id: token.merchantId,
-      access_token: token.accessToken,
-      token_type: token.tokenType,
-      expires_at: iso(token.expiresAt),
-      expires_in: Math.floor((token.expiresAt - app.now()) / 1000),
-      scope: token.scope
-    }
+  }, (request, reply) => {
+    // A fresh cached token is answered synchronously; otherwise the token service may read
+    // Redis or refresh (the promise resolves once the reply is sent).
+    const id = request.params.merchantId
+    const hot = app.tokenService.peekAccessToken(id)
+    if (hot === undefined) return app.tokenService.getAccessToken(id).then(async (token) => { await sendToken(reply, token) })
+    sendToken(reply, hot)
   })
 
   app.get('/:merchantId', {
