@@ -18,7 +18,7 @@ export function createApiKeyVerifier (keys: InternalApiKey[]): (authorization: s
     return { bytes, length: bytes.write(s, 'utf8') }
   }
   const known = keys.map(k => ({ caller: k.caller, ...padded(k.secret) }))
-  // One scratch buffer: a check runs synchronously, start to end.
+  // One scratch buffer, zero between checks (each runs synchronously, start to end).
   const scratch = Buffer.alloc(size)
 
   return (authorization) => {
@@ -27,13 +27,13 @@ export function createApiKeyVerifier (keys: InternalApiKey[]): (authorization: s
     if (m === null) return undefined
     // A longer secret is cut at `size` bytes, one more than any configured secret has, so it
     // matches none.
-    scratch.fill(0)
     const length = scratch.write(m[1], 'utf8')
     let caller: string | undefined
     for (const k of known) {
       const same = timingSafeEqual(scratch, k.bytes)
       if (same && length === k.length && caller === undefined) caller = k.caller
     }
+    scratch.fill(0) // the presented secret does not stay in memory
     return caller
   }
 }

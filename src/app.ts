@@ -1,6 +1,6 @@
 // The application as a plugin: tests register it on a fresh Fastify instance with a Config
 // object; src/server.ts registers it on the real server.
-import { randomBytes } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { LogController, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import helmet from '@fastify/helmet'
 import formbody from '@fastify/formbody'
@@ -36,10 +36,6 @@ const CORRELATION_ID = /^[A-Za-z0-9._-]{8,64}$/
 
 /** Options of the Fastify constructor: logger, limits and timeouts, correlation ids. */
 export function serverOptions (config: Config, opts: { pretty?: boolean } = {}): FastifyServerOptions {
-  // Generated correlation ids: a random prefix per process (72 bits) and a counter, unique across
-  // replicas and restarts, and cheaper than a UUID per request.
-  const idPrefix = randomBytes(9).toString('base64url')
-  let seq = 0
   return {
     logger: loggerOptions(config.logLevel, opts),
     // One audit line per internal call is written by the routes; the default two lines per
@@ -47,7 +43,8 @@ export function serverOptions (config: Config, opts: { pretty?: boolean } = {}):
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: (req) => {
       const given = req.headers['x-correlation-id']
-      return typeof given === 'string' && CORRELATION_ID.test(given) ? given : `${idPrefix}-${(++seq).toString(36)}`
+      // Random, not a counter: ids are shown on public pages and must not reveal request rates.
+      return typeof given === 'string' && CORRELATION_ID.test(given) ? given : randomUUID()
     },
     bodyLimit: 16 * 1024,
     routerOptions: { maxParamLength: 128 },

@@ -38,11 +38,11 @@ export interface TokenServiceEvents {
 }
 
 export interface AccessToken {
-  merchantId: string
-  accessToken: string
-  tokenType: 'Bearer'
-  scope: string
-  expiresAt: number
+  readonly merchantId: string
+  readonly accessToken: string
+  readonly tokenType: 'Bearer'
+  readonly scope: string
+  readonly expiresAt: number
 }
 
 export interface TokenService {
@@ -133,8 +133,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   }
   // Every record passed here was just read from or written to Redis (one ordered connection per
   // key), so it replaces whatever is cached.
-  const toAccessToken = (r: MerchantRecord): AccessToken => ({
-    merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer', scope: r.scope, expiresAt: r.accessTokenExpiresAt
+  // Frozen: the cached object is handed to every caller (and keys the routes' body cache).
+  const toAccessToken = (r: MerchantRecord): AccessToken => Object.freeze({
+    merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer' as const, scope: r.scope, expiresAt: r.accessTokenExpiresAt
   })
   const remember = (r: MerchantRecord): MerchantRecord => {
     cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r), token: toAccessToken(r) })

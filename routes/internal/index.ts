@@ -17,7 +17,11 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
   const summary = seconds > 0
     ? createLookupAudit({ log: app.log, intervalMs: seconds * 1000, route: LOOKUP_ROUTE, now: app.now })
     : undefined
-  if (summary !== undefined) app.addHook('onClose', (_app, done) => { summary.close(); done() })
+  if (summary !== undefined) {
+    // Written when shutdown starts, and once more at close for the lookups that were in flight.
+    app.addHook('preClose', (done) => { summary.flush(); done() })
+    app.addHook('onClose', (_app, done) => { summary.close(); done() })
+  }
 
   app.addHook('onResponse', (request, reply, done) => {
     // The merchant id is a path parameter, except for onboarding links (body).
@@ -28,7 +32,8 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
     const route = request.routeOptions.url
     if (route === LOOKUP_ROUTE) {
       app.metrics.lookups.inc({ outcome })
-      if (outcome === 'ok' && summary !== undefined && merchantId !== undefined) {
+      // (A HEAD request runs the same handler but sends no token: it keeps a line of its own.)
+      if (outcome === 'ok' && request.method === 'GET' && summary !== undefined && merchantId !== undefined) {
         summary.record(request.caller, merchantId)
         done()
         return

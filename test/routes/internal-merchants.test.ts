@@ -147,29 +147,43 @@ t.test('lookup and status shapes', async t => {
   await h.assertNoRefreshTokenLeaked(t, ['m_shape'])
 })
 
-t.test('the lookup body follows the clock (bodies are cached per token and second)', async t => {
+t.test('the lookup body follows the clock and the token', async t => {
   const h = await harness(t)
   await h.onboard('m_clock')
-  const first = await h.lookup('m_clock')
-  const again = await h.lookup('m_clock')
-  t.equal(again.body, first.body, 'the same bytes while expires_in is unchanged')
-  const e0 = first.json().expires_in as number
+  // expires_in of a lookup answered between two clock readings: floor((expiry - now) / 1000).
+  const lookupWithin = async (): Promise<{ res: Awaited<ReturnType<Harness['lookup']>>, range: [number, number] }> => {
+    const before = h.now()
+    const res = await h.lookup('m_clock')
+    const after = h.now()
+    const expiry = Date.parse(res.json().expires_at as string)
+    return { res, range: [Math.floor((expiry - after) / 1000), Math.floor((expiry - before) / 1000)] }
+  }
+  const inRange = (t: Test, got: number, [lo, hi]: [number, number], what: string): void => {
+    t.ok(got >= lo && got <= hi, `${what}: expires_in ${got} in [${lo}, ${hi}]`)
+  }
+  const first = await lookupWithin()
+  inRange(t, first.res.json().expires_in, first.range, 'first lookup')
+  const again = await lookupWithin()
+  if (again.res.json().expires_in === first.res.json().expires_in) t.equal(again.res.body, first.res.body, 'the same bytes while expires_in is unchanged')
   h.advance(1000)
-  t.equal((await h.lookup('m_clock')).json().expires_in, e0 - 1, 'one second later: one less')
+  const second = await lookupWithin()
+  inRange(t, second.res.json().expires_in, second.range, 'one second later')
   h.advance(100_000)
-  const later = await h.lookup('m_clock')
-  t.equal(later.json().expires_in, e0 - 101, '100 s later')
-  t.equal(later.json().access_token, first.json().access_token, 'the same token (not yet due)')
-  t.equal(later.json().expires_at, first.json().expires_at)
-  // Past the refresh point: the current token (99 s left) is answered with a body of its own
-  // second while the refresh runs in the background; then the new token comes with its own body.
+  const later = await lookupWithin()
+  inRange(t, later.res.json().expires_in, later.range, '100 s later')
+  t.ok(later.res.json().expires_in <= first.res.json().expires_in - 100, 'at least 100 s less than the first answer')
+  t.equal(later.res.json().access_token, first.res.json().access_token, 'the same token (not yet due)')
+  t.equal(later.res.json().expires_at, first.res.json().expires_at)
+  // Past the refresh point: the current token (~99 s left) is answered with its current
+  // expires_in while the refresh runs in the background; then the new token comes with its own.
   h.advance(700_000)
-  const due = await h.lookup('m_clock')
-  t.equal(due.json().expires_in, e0 - 801, 'the current token, 801 s later')
-  let refreshed = due
+  const due = await lookupWithin()
+  inRange(t, due.res.json().expires_in, due.range, 'due for a refresh')
+  t.ok(due.res.json().expires_in >= 60, 'still valid for at least 60 s')
+  let refreshed = due.res
   t.ok(await until(async () => {
     refreshed = await h.lookup('m_clock')
-    return refreshed.json().access_token !== first.json().access_token
+    return refreshed.json().access_token !== first.res.json().access_token
   }, 5000), 'a refreshed token')
   t.ok(refreshed.json().expires_in >= 895, `with a full lifetime (${refreshed.json().expires_in as number})`)
   t.equal(Date.parse(refreshed.json().expires_at), (await stored(h, 'm_clock')).accessTokenExpiresAt)
