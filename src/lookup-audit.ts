@@ -2,14 +2,15 @@
 // merchant every interval (how many, first and last time) instead of one line per call. Lookups
 // come hundreds of times a second per merchant; a line each was the largest cost of the hot path
 // (bench/RESULTS.md) and mostly log volume. Every other internal call, and every failed lookup,
-// keeps its own line (routes/internal). Pending counts are written at close.
+// keeps its own line (routes/internal). Pending counts are also written at shutdown.
 import type { Logger } from 'pino'
 
 export interface LookupAudit {
   /** Counts one successful lookup of `merchantId` by `caller`. */
   record: (caller: string, merchantId: string) => void
-  /** Writes the pending summaries now (also done every interval and at close). */
+  /** Writes the pending summaries now (also done every interval). */
   flush: () => void
+  /** Stops the timer and writes what is pending. */
   close: () => void
 }
 

@@ -131,12 +131,12 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     const fraction = REFRESH_AT_FRACTION + (unitHash(`${r.merchantId}:${r.version}`) * 2 - 1) * REFRESH_JITTER_FRACTION
     return Math.min(issuedAt + lifetime * fraction, r.accessTokenExpiresAt - MIN_VALIDITY_MS)
   }
-  // Every record passed here was just read from or written to Redis (one ordered connection per
-  // key), so it replaces whatever is cached.
   // Frozen: the cached object is handed to every caller (and keys the routes' body cache).
   const toAccessToken = (r: MerchantRecord): AccessToken => Object.freeze({
     merchantId: r.merchantId, accessToken: r.accessToken, tokenType: 'Bearer' as const, scope: r.scope, expiresAt: r.accessTokenExpiresAt
   })
+  // Every record passed here was just read from or written to Redis (one ordered connection per
+  // key), so it replaces whatever is cached.
   const remember = (r: MerchantRecord): MerchantRecord => {
     cache.set(r.merchantId, { record: r, refreshAt: refreshAtOf(r), token: toAccessToken(r) })
     return r
