@@ -6,8 +6,9 @@
 //
 // Knobs (environment): BENCH_CONNECTIONS (50), BENCH_DURATION (10 s), BENCH_WARMUP (3 s),
 // BENCH_ROUNDS (5), BENCH_FIXED_RPS (8000: the rate of the fixed-rate CPU measurement, 0 skips it),
-// BENCH_PIN=0 (do not pin the servers to core 0 and autocannon to core 1), BENCH_NAIVE=0 (skip the naive path), BENCH_PAD_BYTES (token padding),
-// BENCH_ONLY=broker,static (load only these targets), BENCH_KEEP_LOGS=1 (keep bench/out/*.log),
+// BENCH_PIN=0 (do not pin the servers to core 0 and autocannon to core 1), BENCH_RESULTS (the
+// report's path instead of bench/RESULTS.md), BENCH_NAIVE=0 (skip the naive path),
+// BENCH_PAD_BYTES (token padding), BENCH_ONLY=broker,static (load only these targets), BENCH_KEEP_LOGS=1 (keep bench/out/*.log),
 // BENCH_BROKER_NODE_ARGS (e.g. --cpu-prof --cpu-prof-dir=bench/out/prof), and
 // BENCH_COMPARE=label=/other/checkout/dist/src/server.js,... (more brokers, e.g. a build from
 // before a change, loaded in the same rounds: before/after numbers under the same conditions).
@@ -25,7 +26,7 @@ import { freePort, waitForPort } from '../src/net-utils.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const OUT = join(ROOT, 'bench', 'out')
-const RESULTS = join(ROOT, 'bench', 'RESULTS.md')
+const RESULTS = process.env.BENCH_RESULTS ?? join(ROOT, 'bench', 'RESULTS.md')
 
 class BenchError extends Error {}
 

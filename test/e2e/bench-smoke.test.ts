@@ -1,0 +1,46 @@
+// `npm run bench` keeps working: a one-round, one-second run of every target (the numbers mean
+// nothing here and are not asserted) must load them all, account for every lookup in the broker's
+// audit trail and write a complete report. The benchmark itself is run by hand (bench/RESULTS.md).
+import t from 'tap'
+import { spawn, execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+
+t.setTimeout(240_000)
+
+t.test('a minimal benchmark run writes a full report', async t => {
+  execFileSync('npx', ['tsc', '-p', 'tsconfig.bench.json'], { cwd: ROOT, stdio: 'inherit' })
+  const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const results = join(dir, 'RESULTS.md')
+  const env = {
+    ...process.env,
+    BENCH_RESULTS: results,
+    BENCH_ROUNDS: '1',
+    BENCH_DURATION: '1',
+    BENCH_WARMUP: '0',
+    BENCH_CONNECTIONS: '8',
+    BENCH_FIXED_RPS: '500',
+    BENCH_PIN: '0'
+  }
+  const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'run.js')], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  child.stdout.resume()
+  const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
+  t.equal(code, 0, 'the run succeeds', { stderr: stderr.slice(-2000) })
+
+  const report = readFileSync(results, 'utf8')
+  for (const target of ['broker', 'static', 'hello', 'naive']) {
+    t.match(report, new RegExp(`^\\| ${target} \\| .+ \\| [\\d,]+ \\|`, 'm'), `a row for ${target}`)
+  }
+  t.match(report, /^\| broker \/ static same size \| \d\.\d\d \| \d\.\d\d \|/m, 'the ratio to the static route')
+  const audit = /audit trail checked after the run \(every lookup counted once\): broker (\d+) lookups of (\d+) in (\d+) lines/.exec(report)
+  t.ok(audit, 'the audit check ran')
+  t.ok(Number(audit?.[1]) >= Number(audit?.[2]) && Number(audit?.[2]) > 0, 'every lookup is in the audit trail')
+  t.ok(Number(audit?.[3]) < Number(audit?.[2]), 'as summaries, fewer lines than lookups')
+})
