@@ -8,8 +8,8 @@
 // BENCH_ROUNDS (5), BENCH_FIXED_RPS (8000: the rate of the fixed-rate CPU measurement, 0 skips it),
 // BENCH_PIN=0 (do not pin the servers to core 0 and autocannon to core 1), BENCH_RESULTS (the
 // report's path instead of bench/RESULTS.md), BENCH_NAIVE=0 (skip the naive path),
-// BENCH_PAD_BYTES (token padding), BENCH_ONLY=broker,static (load only these targets), BENCH_KEEP_LOGS=1 (keep bench/out/*.log),
-// BENCH_BROKER_NODE_ARGS (e.g. --cpu-prof --cpu-prof-dir=bench/out/prof), and
+// BENCH_PAD_BYTES (token padding), BENCH_ONLY=broker,static (load only these targets),
+// BENCH_KEEP_LOGS=1 (keep bench/out/*.log), BENCH_BROKER_NODE_ARGS (e.g. --cpu-prof --cpu-prof-dir=bench/out/prof), and
 // BENCH_COMPARE=label=/other/checkout/dist/src/server.js,... (more brokers, e.g. a build from
 // before a change, loaded in the same rounds: before/after numbers under the same conditions).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -208,7 +208,6 @@ const median = (xs: number[]): number => {
   return s.length === 0 ? NaN : s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
-/** Lines of a broker log with this message. */
 /** Lookups in a broker's audit trail: a line per call, or the counts of the summary lines. */
 async function auditedLookups (file: string): Promise<{ lookups: number, lines: number }> {
   let lookups = 0
