@@ -9,7 +9,8 @@
 // BENCH_PIN=0 (do not pin the servers to core 0 and autocannon to core 1), BENCH_RESULTS (the
 // report's path instead of bench/RESULTS.md), BENCH_NAIVE=0 (skip the naive path),
 // BENCH_PAD_BYTES (token padding), BENCH_ONLY=broker,static (load only these targets),
-// BENCH_KEEP_LOGS=1 (keep bench/out/*.log), BENCH_BROKER_NODE_ARGS (e.g. --cpu-prof --cpu-prof-dir=bench/out/prof), and
+// BENCH_KEEP_LOGS=1 (keep bench/out/*.log), BENCH_RESTART=0 (one server process per target for the
+// whole run instead of a fresh one per round), BENCH_BROKER_NODE_ARGS (e.g. --cpu-prof --cpu-prof-dir=bench/out/prof), and
 // BENCH_COMPARE=label=/other/checkout/dist/src/server.js,... (more brokers, e.g. a build from
 // before a change, loaded in the same rounds: before/after numbers under the same conditions).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -58,6 +59,10 @@ const settings = {
   // Padding claim of the simulator's JWTs: ~1.5 KB access tokens.
   padBytes: int('BENCH_PAD_BYTES', 560),
   keepLogs: process.env.BENCH_KEEP_LOGS === '1',
+  // A fresh server process per target and round: one process's speed depends on its JIT's
+  // choices and memory layout (10 % apart between two processes of the same build), which more
+  // rounds against the same process do not average out.
+  restart: process.env.BENCH_RESTART !== '0',
   pin: process.env.BENCH_PIN !== '0' && cpus().length >= 2 && spawnSync('taskset', ['-V']).status === 0,
   only: list('BENCH_ONLY'),
   brokerNodeArgs: list('BENCH_BROKER_NODE_ARGS')?.flatMap(a => a.split(' ')).filter(a => a !== '') ?? [],
@@ -94,7 +99,9 @@ const CLIENT_CORE = '1'
 function spawnChild (name: string, command: string, args: string[], env: NodeJS.ProcessEnv, stdoutFile?: string, pinned = settings.pin): Child {
   const stderrFile = join(OUT, `${name}.stderr.log`)
   const errFd = openSync(stderrFile, 'w')
-  const outFd = stdoutFile === undefined ? 'ignore' : openSync(stdoutFile, 'w')
+  // A restarted server appends to the log of its predecessors.
+  const outFd = stdoutFile === undefined ? 'ignore' : openSync(stdoutFile, opened.has(stdoutFile) ? 'a' : 'w')
+  if (stdoutFile !== undefined) opened.add(stdoutFile)
   // taskset execs the command: the child's pid (and its /proc CPU times) stay the server's.
   const [file, argv] = pinned ? ['taskset', ['-c', SERVER_CORE, command, ...args]] : [command, args]
   const proc = spawn(file, argv, { env, stdio: ['ignore', outFd, errFd], cwd: ROOT })
@@ -109,6 +116,8 @@ function spawnChild (name: string, command: string, args: string[], env: NodeJS.
   children.push(child)
   return child
 }
+
+const opened = new Set<string>()
 
 const alive = (c: Child): boolean => c.proc.exitCode === null && c.proc.signalCode === null
 
@@ -170,7 +179,15 @@ async function get (url: string, headers: Record<string, string> = {}): Promise<
 
 // --- Load ----------------------------------------------------------------------------------
 
-interface Target { name: string, label: string, url: string, child: Child, logFile?: string }
+interface Target {
+  name: string
+  label: string
+  url: string
+  /** The server process now running; `start` replaces it (BENCH_RESTART). */
+  child: Child
+  start: () => Promise<Child>
+  logFile?: string
+}
 interface Sample {
   rps: number
   p50: number
@@ -282,7 +299,8 @@ async function main (): Promise<void> {
   })
   const node = process.execPath
   const brokerLog = join(OUT, 'broker.log')
-  const broker = await startChild('broker', node, [...settings.brokerNodeArgs, join(ROOT, 'dist', 'src', 'server.js')], brokerPort, brokerEnv(brokerPort), brokerLog)
+  const startBroker = async (): Promise<Child> => await startChild('broker', node, [...settings.brokerNodeArgs, join(ROOT, 'dist', 'src', 'server.js')], brokerPort, brokerEnv(brokerPort), brokerLog)
+  const broker = await startBroker()
 
   // Onboard one merchant the way a browser does: connect → (consent) → callback.
   const connect = await get(`${brokerBase}/oauth/connect`)
@@ -301,24 +319,24 @@ async function main (): Promise<void> {
   // The static body is the real lookup response: the same bytes.
   const baselineEnv = { PATH: process.env.PATH, NODE_ENV: 'production' }
   const baselines = join(ROOT, 'dist', 'bench', 'baselines.js')
-  const staticChild = await startChild('static', node, [baselines, 'static', String(staticPort)], staticPort, { ...baselineEnv, BENCH_STATIC_BODY: lookup.body })
-  const helloChild = await startChild('hello', node, [baselines, 'hello', String(helloPort)], helloPort, baselineEnv)
+  const baseline = (kind: string, port: number, env: NodeJS.ProcessEnv) => async (): Promise<Child> =>
+    await startChild(kind, node, [baselines, kind, String(port)], port, { ...baselineEnv, ...env })
   const url = (port: number): string => `http://127.0.0.1:${port}${LOOKUP_PATH}`
+  const target = async (t: Omit<Target, 'child'>): Promise<Target> => ({ ...t, child: await t.start() })
 
   const targets: Target[] = [
-    { name: 'broker', label: 'broker lookup: cached token, production logging', url: url(brokerPort), child: broker, logFile: brokerLog },
-    { name: 'static', label: 'baseline A: bare Fastify, static body of the same size', url: url(staticPort), child: staticChild },
-    { name: 'hello', label: 'baseline B: Fastify hello world', url: url(helloPort), child: helloChild }
+    { name: 'broker', label: 'broker lookup: cached token, production logging', url: url(brokerPort), child: broker, start: startBroker, logFile: brokerLog },
+    await target({ name: 'static', label: 'baseline A: bare Fastify, static body of the same size', url: url(staticPort), start: baseline('static', staticPort, { BENCH_STATIC_BODY: lookup.body }) }),
+    await target({ name: 'hello', label: 'baseline B: Fastify hello world', url: url(helloPort), start: baseline('hello', helloPort, {}) })
   ]
   if (settings.naive) {
-    const naive = await startChild('naive', node, [baselines, 'naive', String(naivePort)], naivePort, { ...baselineEnv, REDIS_URL: redisUrl, ...secrets })
-    targets.push({ name: 'naive', label: 'naive path: Redis HGETALL + AES-GCM decryption + 2 log lines per call', url: url(naivePort), child: naive })
+    targets.push(await target({ name: 'naive', label: 'naive path: Redis HGETALL + AES-GCM decryption + 2 log lines per call', url: url(naivePort), start: baseline('naive', naivePort, { REDIS_URL: redisUrl, ...secrets }) }))
   }
   for (const [i, build] of settings.compare.entries()) {
     const port = comparePorts[i]
     const logFile = join(OUT, `${build.name}.log`)
-    const child = await startChild(build.name, node, [...settings.brokerNodeArgs, build.script], port, brokerEnv(port), logFile)
-    targets.push({ name: build.name, label: `broker built from ${build.script}`, url: url(port), child, logFile })
+    const start = async (): Promise<Child> => await startChild(build.name, node, [...settings.brokerNodeArgs, build.script], port, brokerEnv(port), logFile)
+    targets.push(await target({ name: build.name, label: `broker built from ${build.script}`, url: url(port), start, logFile }))
   }
 
   const answers = new Map<string, Answer>()
@@ -334,10 +352,18 @@ async function main (): Promise<void> {
   const samples = new Map<string, Sample[]>(loaded.map(t => [t.name, []]))
   /** Lookups each broker answered: set-up requests plus every load's 2xx. */
   const served = new Map<string, number>(targets.map(t => [t.name, t.name === 'broker' ? 2 : 1]))
+  // The broker and the static route run back to back, so that each round's ratio compares two
+  // loads seconds apart; the other targets are units of their own.
+  const pairNames = ['broker', 'static']
+  const pair = loaded.filter(t => pairNames.includes(t.name))
+  const units = [...(pair.length === 2 ? [pair] : pair.map(t => [t])), ...loaded.filter(t => !pairNames.includes(t.name)).map(t => [t])]
   for (let round = 0; round < settings.rounds; round++) {
-    // Rotated order, so that no target always runs first or after the same neighbour.
-    const order = loaded.map((_, i) => loaded[(i + round) % loaded.length])
+    // Rotated order, so that no target always runs first or after the same neighbour; within
+    // the pair, the order alternates.
+    const order = units.map((_, i) => units[(i + round) % units.length]).flatMap(u => round % 2 === 1 ? [...u].reverse() : u)
     for (const t of order) {
+      // The first round uses the processes started (and checked) above.
+      if (settings.restart && round > 0) t.child = await t.start()
       if (settings.warmupS > 0) served.set(t.name, (served.get(t.name) ?? 0) + (await load(t, settings.warmupS, authorization))['2xx'])
       const measured = async (durationS: number, overallRate?: number): Promise<{ r: Result, cpuUs: number }> => {
         const cpuBefore = cpuMs(t.child)
@@ -349,6 +375,7 @@ async function main (): Promise<void> {
       const atRate = settings.fixedRps > 0 ? (await measured(FIXED_S, settings.fixedRps)).cpuUs : NaN
       const s: Sample = { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, cpuUs, cpuAtRateUs: atRate }
       samples.get(t.name)?.push(s)
+      if (settings.restart && round < settings.rounds - 1) await stopChild(t.child)
       process.stderr.write(`round ${round + 1}/${settings.rounds}  ${t.name.padEnd(8)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50} ms  p99 ${s.p99} ms  server CPU ${s.cpuUs.toFixed(1)} µs/req, ${s.cpuAtRateUs.toFixed(1)} µs/req at ${settings.fixedRps} req/s\n`)
     }
   }
@@ -387,7 +414,7 @@ interface ReportInput {
 function render (r: ReportInput): string {
   const med = (name: string, k: keyof Sample): number => median((r.samples.get(name) ?? []).map(s => s[k]))
   const ratio = (a: string, b: string): number => med(a, 'rps') / med(b, 'rps')
-  /** The same ratio within each round (targets loaded minutes apart see the same machine), median. */
+  /** The same ratio within each round (the broker and the static route run back to back), median. */
   const roundRatio = (a: string, b: string): number => {
     const xs = r.samples.get(a) ?? []
     const ys = r.samples.get(b) ?? []
@@ -422,7 +449,7 @@ function render (r: ReportInput): string {
     `- date: ${new Date().toISOString()}`,
     `- node: ${process.version} (${process.platform}/${process.arch})`,
     `- machine: ${cpu.length} cores (${cpu[0]?.model.trim() ?? 'unknown'}); load average ${num(r.load[0], 1)} before, ${num(r.load[1], 1)} after the run. autocannon runs on the same machine: ${settings.pin ? `pinned to core ${CLIENT_CORE}, every server under test to core ${SERVER_CORE}` : 'unpinned, sharing the cores with the server under test'}`,
-    `- load: autocannon, ${settings.connections} connections, pipelining ${settings.pipelining}; per target and round ${settings.warmupS} s warm-up, ${settings.durationS} s as fast as it goes, then ${settings.fixedRps > 0 ? `${FIXED_S} s at a fixed ${rate} req/s` : 'no fixed-rate part'}; ${settings.rounds} rounds, targets interleaved in rotated order; medians over the rounds`,
+    `- load: autocannon, ${settings.connections} connections, pipelining ${settings.pipelining}; per target and round ${settings.warmupS} s warm-up, ${settings.durationS} s as fast as it goes, then ${settings.fixedRps > 0 ? `${FIXED_S} s at a fixed ${rate} req/s` : 'no fixed-rate part'}; ${settings.rounds} rounds, targets interleaved in rotated order, the broker and the static route back to back (alternating which goes first); ${settings.restart ? 'a fresh server process per target and round' : 'one server process per target for the whole run'}; medians over the rounds`,
     '- broker: `node dist/src/server.js`, NODE_ENV=production, LOG_LEVEL=info (JSON lines to a file), default AUDIT_SUMMARY_SECONDS, a private redis-server, the CyberSource simulator; one onboarded merchant, its token served from the in-memory cache',
     `- response: access token ${r.tokenBytes} bytes, lookup body ${r.bodyBytes} bytes; audit trail checked after the run (every lookup counted once): ${r.audit.join(', ')}`,
     '',
@@ -449,8 +476,11 @@ function render (r: ReportInput): string {
     `  effect; the column at a fixed ${rate} req/s (every server below saturation, the same wake-ups`,
     '  for all) is the steadier guide to what one request costs.',
     '- The speed of this shared machine drifts between rounds (other tenants): the ratio is given',
-    '  both of the medians and as the median of the ratios within each round, where the targets',
-    '  ran a minute apart. The goal counts as met only when both reach it.',
+    '  both of the medians and as the median of the ratios within each round, where the broker',
+    '  and the static route ran back to back. The goal counts as met only when both reach it.',
+    '- Two processes of the same build differ by up to 10 % in req/s (the JIT\'s choices, memory',
+    '  layout), which more rounds against one process do not average out: every round starts',
+    '  fresh server processes (BENCH_RESTART=0 keeps one per target).',
     '- The naive path is the lookup without the in-memory cache: a Redis round trip and two',
     '  decryptions per call, two log lines per request. broker / naive is what the cache buys.',
     '- p99 under saturation is mostly queueing behind the other open connections, not the latency',
