@@ -409,15 +409,18 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
     async start () {
       opts.subscriber.on('message', (channel: string, message: string) => { if (channel === keys.events) onChange(message) })
-      // Changes published while the subscriber was away are lost: once it is subscribed again
-      // after a reconnect, the whole cache is dropped, so every merchant is re-read from Redis.
-      // (Entries stay until then: while Redis is down, cached tokens are still served.)
+      // Changes published while the subscriber was away are lost: when it is back after a
+      // reconnect, the whole cache is dropped, so every merchant is re-read from Redis; once as
+      // soon as the connection is ready (before Redis counts the subscription again) and once
+      // more when the subscription is active, for what was cached in between. (Entries stay
+      // until then: while Redis is down, cached tokens are still served.)
       let connectedBefore = false
       opts.subscriber.on('ready', () => {
         if (!connectedBefore) {
           connectedBefore = true
           return
         }
+        cache.clear()
         opts.subscriber.subscribe(keys.events).then(() => cache.clear(), () => {})
       })
       await opts.subscriber.subscribe(keys.events)
