@@ -96,10 +96,12 @@ childDied.catch(() => {})
 const SERVER_CORE = '0'
 const CLIENT_CORE = '1'
 
+/** Log files opened so far: a restarted server appends to the log of its predecessors. */
+const opened = new Set<string>()
+
 function spawnChild (name: string, command: string, args: string[], env: NodeJS.ProcessEnv, stdoutFile?: string, pinned = settings.pin): Child {
   const stderrFile = join(OUT, `${name}.stderr.log`)
   const errFd = openSync(stderrFile, 'w')
-  // A restarted server appends to the log of its predecessors.
   const outFd = stdoutFile === undefined ? 'ignore' : openSync(stdoutFile, opened.has(stdoutFile) ? 'a' : 'w')
   if (stdoutFile !== undefined) opened.add(stdoutFile)
   // taskset execs the command: the child's pid (and its /proc CPU times) stay the server's.
@@ -116,8 +118,6 @@ function spawnChild (name: string, command: string, args: string[], env: NodeJS.
   children.push(child)
   return child
 }
-
-const opened = new Set<string>()
 
 const alive = (c: Child): boolean => c.proc.exitCode === null && c.proc.signalCode === null
 
@@ -299,7 +299,10 @@ async function main (): Promise<void> {
   })
   const node = process.execPath
   const brokerLog = join(OUT, 'broker.log')
-  const startBroker = async (): Promise<Child> => await startChild('broker', node, [...settings.brokerNodeArgs, join(ROOT, 'dist', 'src', 'server.js')], brokerPort, brokerEnv(brokerPort), brokerLog)
+  /** Starts a broker build (this one, or one of BENCH_COMPARE) on its port, logging to its file. */
+  const brokerStarter = (name: string, script: string, port: number, logFile: string) => async (): Promise<Child> =>
+    await startChild(name, node, [...settings.brokerNodeArgs, script], port, brokerEnv(port), logFile)
+  const startBroker = brokerStarter('broker', join(ROOT, 'dist', 'src', 'server.js'), brokerPort, brokerLog)
   const broker = await startBroker()
 
   // Onboard one merchant the way a browser does: connect → (consent) → callback.
@@ -335,8 +338,7 @@ async function main (): Promise<void> {
   for (const [i, build] of settings.compare.entries()) {
     const port = comparePorts[i]
     const logFile = join(OUT, `${build.name}.log`)
-    const start = async (): Promise<Child> => await startChild(build.name, node, [...settings.brokerNodeArgs, build.script], port, brokerEnv(port), logFile)
-    targets.push(await target({ name: build.name, label: `broker built from ${build.script}`, url: url(port), start, logFile }))
+    targets.push(await target({ name: build.name, label: `broker built from ${build.script}`, url: url(port), start: brokerStarter(build.name, build.script, port, logFile), logFile }))
   }
 
   const answers = new Map<string, Answer>()
