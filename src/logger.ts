@@ -1,6 +1,8 @@
-// pino options shared by the server, the dev runner and tests. URLs are logged without their
-// query string (the callback's carries the authorization code); credentials are redacted.
-import type { FastifyServerOptions } from 'fastify'
+// pino options shared by the server, the dev runner and tests, and the per-request logger. URLs
+// are logged without their query string (the callback's carries the authorization code);
+// credentials are redacted.
+import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify'
+import type { Bindings, ChildLoggerOptions, LogFn, Logger } from 'pino'
 
 const SECRET_FIELDS = [
   'authorization', 'access_token', 'refresh_token', 'accessToken', 'refreshToken',
@@ -32,4 +34,49 @@ export function loggerOptions (level: string, opts: { pretty?: boolean } = {}): 
     },
     ...(opts.pretty === true ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {})
   }
+}
+
+type LogArgs = Parameters<LogFn>
+
+/**
+ * A request's logger that makes pino's child logger at its first line. Fastify builds a child per
+ * request (the request id bound) even for a request that writes none, as a successful lookup
+ * does (its audit is a summary), and pino serializes the bindings at once: the largest cost left
+ * on the lookup's hot path (README, Performance). Bindings added before the first line (the
+ * guard's caller) are bound together with the request id.
+ */
+export class RequestLogger implements FastifyBaseLogger {
+  private real: Logger | undefined
+
+  constructor (private readonly parent: FastifyBaseLogger, private readonly pending: Bindings) {}
+
+  private get logger (): Logger {
+    if (this.real === undefined) this.real = this.parent.child(this.pending) as Logger
+    return this.real
+  }
+
+  get level (): string { return this.real?.level ?? this.parent.level }
+  set level (level: string) { this.logger.level = level }
+
+  /** pino's setBindings: added to the child's bindings (made or not yet). */
+  setBindings (bindings: Bindings): void {
+    if (this.real !== undefined) this.real.setBindings(bindings)
+    else Object.assign(this.pending, bindings)
+  }
+
+  child (bindings: Bindings, options?: ChildLoggerOptions): FastifyBaseLogger { return this.logger.child(bindings, options) }
+  fatal (...args: LogArgs): void { this.logger.fatal(...args) }
+  error (...args: LogArgs): void { this.logger.error(...args) }
+  warn (...args: LogArgs): void { this.logger.warn(...args) }
+  info (...args: LogArgs): void { this.logger.info(...args) }
+  debug (...args: LogArgs): void { this.logger.debug(...args) }
+  trace (...args: LogArgs): void { this.logger.trace(...args) }
+  silent (...args: LogArgs): void { this.logger.silent(...args) }
+}
+
+/** Fastify's childLoggerFactory: a RequestLogger, or pino's child when options (a route's log level or serializers) are given. */
+export function requestLoggerFactory (logger: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions): FastifyBaseLogger {
+  return options.level !== undefined || options.serializers !== undefined
+    ? logger.child(bindings, options)
+    : new RequestLogger(logger, bindings)
 }

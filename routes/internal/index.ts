@@ -2,7 +2,7 @@
 // what for which merchant, with the outcome; never a token. Successful access-token lookups are
 // summarized per caller and merchant (src/lookup-audit.ts, AUDIT_SUMMARY_SECONDS); every other
 // call has its own line. Hooks are callback-style: this is the path of every lookup.
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, onResponseHookHandler } from 'fastify'
 import { createLookupAudit } from '../../src/lookup-audit.js'
 import { addBearerGuard } from './guard.js'
 import merchantRoutes from './v1/merchants/index.js'
@@ -23,31 +23,35 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
     app.addHook('onClose', (_app, done) => { summary.close(); done() })
   }
 
-  app.addHook('onResponse', (request, reply, done) => {
-    // The merchant id is a path parameter, except for onboarding links (body).
-    const bodyMerchantId = (request.body as { merchant_id?: unknown } | undefined)?.merchant_id
-    const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId ??
-      (typeof bodyMerchantId === 'string' ? bodyMerchantId : undefined)
-    const outcome = request.errorCode ?? 'ok'
-    const route = request.routeOptions.url
-    if (route === LOOKUP_ROUTE) {
-      app.metrics.lookups.inc({ outcome })
-      // (A HEAD request runs the same handler but sends no token: it keeps a line of its own.)
-      if (outcome === 'ok' && request.method === 'GET' && summary !== undefined && merchantId !== undefined) {
-        summary.record(request.caller, merchantId)
-        done()
-        return
+  // Each route gets its own audit hook as it is added, knowing its URL: reading
+  // request.routeOptions per call builds a frozen object, on the path of every lookup.
+  app.addHook('onRoute', (route) => {
+    const url = route.url
+    const lookup = url === LOOKUP_ROUTE
+    // (A HEAD lookup runs the same handler but sends no token: it keeps a line of its own.)
+    const summarized = lookup && route.method === 'GET' ? summary : undefined
+    const audit: onResponseHookHandler = (request, reply, done) => {
+      const outcome = request.errorCode ?? 'ok'
+      if (lookup) app.metrics.countLookup(outcome)
+      // The merchant id is a path parameter, except for onboarding links (body).
+      const bodyMerchantId = (request.body as { merchant_id?: unknown } | undefined)?.merchant_id
+      const merchantId = (request.params as { merchantId?: string } | undefined)?.merchantId ??
+        (typeof bodyMerchantId === 'string' ? bodyMerchantId : undefined)
+      if (outcome === 'ok' && summarized !== undefined && merchantId !== undefined) {
+        summarized.record(request.caller, merchantId)
+      } else {
+        request.log.info({
+          merchant_id: merchantId,
+          route: url,
+          method: request.method,
+          status: reply.statusCode,
+          outcome,
+          duration_ms: Math.round(reply.elapsedTime * 10) / 10
+        }, 'internal api call')
       }
+      done()
     }
-    request.log.info({
-      merchant_id: merchantId,
-      route,
-      method: request.method,
-      status: reply.statusCode,
-      outcome,
-      duration_ms: Math.round(reply.elapsedTime * 10) / 10
-    }, 'internal api call')
-    done()
+    route.onResponse = route.onResponse === undefined ? audit : [route.onResponse, audit].flat()
   })
 
   await app.register(merchantRoutes, { prefix: '/v1/merchants' })
