@@ -1,14 +1,16 @@
-// The application as a plugin: tests register it on a fresh Fastify instance with a Config
-// object; src/server.ts registers it on the real server.
-import { randomFillSync } from 'node:crypto'
-import { LogController, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
+// The application as a plugin, and the Fastify server it runs on (createServer): src/server.ts,
+// the dev runner and the tests all build the server here and register the plugin on it.
+import { randomBytes } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
+import type { DestinationStream } from 'pino'
 import helmet from '@fastify/helmet'
 import formbody from '@fastify/formbody'
 import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { UriTooLongError } from './errors.js'
 import { errorBody } from '../plugins/errors.js'
-import { loggerOptions, requestLoggerFactory } from './logger.js'
+import { createLogger, requestLoggerFactory } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
 import metricsPlugin from '../plugins/metrics.js'
@@ -35,29 +37,44 @@ const MAX_URL_LENGTH = 8192
 const CORRELATION_ID = /^[A-Za-z0-9._-]{8,64}$/
 
 // Correlation ids are random, not a counter: they are shown on public pages and must not reveal
-// request rates. 128 bits of the CSPRNG, drawn in batches, as 32 hex characters. (randomUUID's
-// string is built by concatenation, and Node's header validation then has to flatten it: about
-// 0.3 µs per request on the lookup's hot path; toString('hex') makes a flat string.)
-const ID_BYTES = 16
-const idPool = Buffer.alloc(ID_BYTES * 256)
-let idOffset = idPool.length
+// request rates. 128 bits of the CSPRNG each, as 32 hex characters, cut from a batch drawn and
+// hex-encoded at once: a slice of a flat string is itself flat (randomUUID's string is built by
+// concatenation, and Node's header validation then has to flatten it), and one encoding per 256
+// ids costs less than one per id.
+const ID_CHARS = 32
+const IDS_PER_BATCH = 256
+let idBatch = ''
+let idOffset = 0
 function randomId (): string {
-  if (idOffset === idPool.length) {
-    randomFillSync(idPool)
+  if (idOffset === idBatch.length) {
+    idBatch = randomBytes(ID_CHARS / 2 * IDS_PER_BATCH).toString('hex')
     idOffset = 0
   }
-  idOffset += ID_BYTES
-  return idPool.toString('hex', idOffset - ID_BYTES, idOffset)
+  idOffset += ID_CHARS
+  return idBatch.slice(idOffset - ID_CHARS, idOffset)
 }
 
-/** Options of the Fastify constructor: logger, limits and timeouts, correlation ids. */
-export function serverOptions (config: Config, opts: { pretty?: boolean } = {}): FastifyServerOptions {
-  return {
-    logger: loggerOptions(config.logLevel, opts),
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** performance.now() when the request reached the app (for durations in log lines). */
+    startedAt: number
+  }
+}
+
+/**
+ * The Fastify server, with the service's logger. Fastify itself is given no logger: with one, it
+ * attaches 'finish' and 'error' listeners to every response and reads the clock twice, only for
+ * its own request lines, which are off here (README: Performance). The
+ * root logger is the server's `log` instead, and every request gets a child of it through the
+ * child logger factory, as Fastify would make (`request.log`, `reply.log`).
+ */
+export function createServer (config: Config, opts: { pretty?: boolean, logStream?: DestinationStream } = {}): FastifyInstance {
+  const log = createLogger(config.logLevel, { pretty: opts.pretty, stream: opts.logStream }) as FastifyBaseLogger
+  const server = Fastify({
     // One audit line per internal call is written by the routes; the default two lines per
     // request are off (they would also log the callback's query string).
     logController: new LogController({ disableRequestLogging: true }),
-    childLoggerFactory: requestLoggerFactory,
+    childLoggerFactory: requestLoggerFactory(log),
     genReqId: (req) => {
       const given = req.headers['x-correlation-id']
       return typeof given === 'string' && CORRELATION_ID.test(given) ? given : randomId()
@@ -82,13 +99,17 @@ export function serverOptions (config: Config, opts: { pretty?: boolean } = {}):
         ? r.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(failurePage('invalid_request', request.id))
         : r.send(errorBody('invalid_request', 'The request URL is malformed', request.id))
     }
-  }
+  })
+  server.log = log
+  return server
 }
 
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
   await fastify.register(configPlugin, opts)
   await fastify.register(errorsPlugin)
+  fastify.decorateRequest('startedAt', 0)
   fastify.addHook('onRequest', (request, reply, done) => {
+    request.startedAt = performance.now()
     // JSON answers need only nosniff; the HTML pages get helmet's full set (routes/oauth scope).
     reply.header('x-correlation-id', request.id)
     reply.header('x-content-type-options', 'nosniff')

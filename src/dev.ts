@@ -7,11 +7,11 @@ import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import Fastify, { type FastifyInstance } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import { Redis, ReplyError } from 'ioredis'
 import { ConfigError, loadConfig, type Config } from './config.js'
-import app, { serverOptions } from './app.js'
+import app, { createServer } from './app.js'
 import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator } from './simulator/app.js'
 import { isPortOpen, waitForPort, freePort } from './net-utils.js'
 
@@ -245,7 +245,7 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
   closers.push(async () => { await sim.app.close() })
   await listen('simulator', sim.app, simHost, simPort, 'SIMULATOR_PORT')
 
-  const server = Fastify(serverOptions(config, { pretty: process.stdout.isTTY }))
+  const server = createServer(config, { pretty: process.stdout.isTTY })
   closers.push(async () => { await server.close() })
   await server.register(app, { config })
   await listen('service', server, config.host, config.port, 'PORT')

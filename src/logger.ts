@@ -1,8 +1,8 @@
-// pino options shared by the server, the dev runner and tests, and the per-request logger. URLs
-// are logged without their query string (the callback's carries the authorization code);
-// credentials are redacted.
-import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify'
-import type { Bindings, ChildLoggerOptions, LogFn, Logger } from 'pino'
+// The service's logger (pino options shared by the server, the dev runner and tests) and the
+// per-request logger. URLs are logged without their query string (the callback's carries the
+// authorization code); credentials are redacted.
+import type { FastifyBaseLogger } from 'fastify'
+import { pino, type Bindings, type ChildLoggerOptions, type DestinationStream, type LogFn, type Logger, type LoggerOptions } from 'pino'
 
 const SECRET_FIELDS = [
   'authorization', 'access_token', 'refresh_token', 'accessToken', 'refreshToken',
@@ -24,7 +24,7 @@ export const pathOnly = (url: string): string => {
   return q < 0 ? url : url.slice(0, q)
 }
 
-export function loggerOptions (level: string, opts: { pretty?: boolean } = {}): FastifyServerOptions['logger'] {
+export function loggerOptions (level: string, opts: { pretty?: boolean } = {}): LoggerOptions {
   return {
     level,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
@@ -34,6 +34,12 @@ export function loggerOptions (level: string, opts: { pretty?: boolean } = {}): 
     },
     ...(opts.pretty === true ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {})
   }
+}
+
+/** The root logger: JSON lines at `level` to stdout (or `stream`), or pino-pretty's colours. */
+export function createLogger (level: string, opts: { pretty?: boolean, stream?: DestinationStream } = {}): Logger {
+  // pino-pretty is a transport, which takes no stream.
+  return opts.pretty === true ? pino(loggerOptions(level, opts)) : pino(loggerOptions(level), opts.stream)
 }
 
 type LogArgs = Parameters<LogFn>
@@ -74,9 +80,13 @@ export class RequestLogger implements FastifyBaseLogger {
   silent (...args: LogArgs): void { this.logger.silent(...args) }
 }
 
-/** Fastify's childLoggerFactory: a RequestLogger, or pino's child when options (a route's log level or serializers) are given. */
-export function requestLoggerFactory (logger: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions): FastifyBaseLogger {
-  return options.level !== undefined || options.serializers !== undefined
-    ? logger.child(bindings, options)
-    : new RequestLogger(logger, bindings)
+/**
+ * Fastify's childLoggerFactory, making the request loggers of `root` (Fastify is given no logger
+ * of its own: src/app.ts): a RequestLogger, or pino's child when options (a route's log level or
+ * serializers) are given.
+ */
+export function requestLoggerFactory (root: FastifyBaseLogger): (parent: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions) => FastifyBaseLogger {
+  return (_parent, bindings, options) => options.level !== undefined || options.serializers !== undefined
+    ? root.child(bindings, options)
+    : new RequestLogger(root, bindings)
 }

@@ -1,8 +1,7 @@
 // The process: validates the environment, builds the server, installs graceful shutdown, listens.
-import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, loadConfig, type Config } from './config.js'
-import app, { serverOptions } from './app.js'
+import app, { createServer } from './app.js'
 
 let config: Config
 try {
@@ -13,7 +12,7 @@ try {
   process.exit(1)
 }
 
-const server = Fastify(serverOptions(config, { pretty: process.stdout.isTTY && process.env.NODE_ENV !== 'production' }))
+const server = createServer(config, { pretty: process.stdout.isTTY && process.env.NODE_ENV !== 'production' })
 await server.register(app, { config })
 
 closeWithGrace({ delay: config.shutdownGraceMs }, async ({ signal, err }) => {

@@ -1,13 +1,13 @@
-// build(t, …): the app registered on a fresh Fastify instance, against a private redis-server and
-// the simulator over real HTTP, with every log line captured for assertions.
+// build(t, …): the app registered on a fresh server built as in production (createServer),
+// against a private redis-server and the simulator over real HTTP, with every log line captured
+// for assertions.
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Writable } from 'node:stream'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
-import pino from 'pino'
+import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadConfig, type Config } from '../src/config.js'
-import app, { serverOptions } from '../src/app.js'
+import app, { createServer } from '../src/app.js'
 import { TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../src/simulator/app.js'
 import { startRedis, type TestRedis } from './helpers/redis.js'
 
@@ -94,9 +94,7 @@ export async function build (t: Teardown, opts: BuildOptions = {}): Promise<Buil
   const sim = opts.simulator ?? await startSimulator(t, { clientSecret: s.clientSecret, ...opts.simulatorOptions })
   const config = loadConfig(envFor(s, redis.url, sim.url, opts.env))
   const logs = captureLogs()
-  const { logger: _logger, ...options } = serverOptions(config)
-  const loggerOpts = serverOptions(config).logger as pino.LoggerOptions
-  const instance = Fastify({ ...options, loggerInstance: pino(loggerOpts, logs.stream) as FastifyBaseLogger })
+  const instance = createServer(config, { logStream: logs.stream })
   // fastify-plugin exposes the app's decorators (tokenStore, redis…) to the tests.
   await instance.register(fp(app), { config, now: opts.now })
   await instance.ready()

@@ -2,7 +2,8 @@
 // what for which merchant, with the outcome; never a token. Successful access-token lookups are
 // summarized per caller and merchant (src/lookup-audit.ts, AUDIT_SUMMARY_SECONDS); every other
 // call has its own line. Hooks are callback-style: this is the path of every lookup.
-import type { FastifyInstance, onResponseHookHandler } from 'fastify'
+import { performance } from 'node:perf_hooks'
+import type { FastifyInstance, onSendHookHandler } from 'fastify'
 import { createLookupAudit } from '../../src/lookup-audit.js'
 import { addBearerGuard } from './guard.js'
 import merchantRoutes from './v1/merchants/index.js'
@@ -24,13 +25,15 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
   }
 
   // Each route gets its own audit hook as it is added, knowing its URL: reading
-  // request.routeOptions per call builds a frozen object, on the path of every lookup.
+  // request.routeOptions per call builds a frozen object, on the path of every lookup. The audit
+  // is written as the answer is sent (onSend, errors included), not once it is written out
+  // (onResponse): an onResponse hook makes Fastify attach listeners to every response.
   app.addHook('onRoute', (route) => {
     const url = route.url
     const lookup = url === LOOKUP_ROUTE
     // (A HEAD lookup runs the same handler but sends no token: it keeps a line of its own.)
     const summarized = lookup && route.method === 'GET' ? summary : undefined
-    const audit: onResponseHookHandler = (request, reply, done) => {
+    const audit: onSendHookHandler = (request, reply, payload, done) => {
       const outcome = request.errorCode ?? 'ok'
       if (lookup) app.metrics.countLookup(outcome)
       // The merchant id is a path parameter, except for onboarding links (body).
@@ -46,12 +49,12 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
           method: request.method,
           status: reply.statusCode,
           outcome,
-          duration_ms: Math.round(reply.elapsedTime * 10) / 10
+          duration_ms: Math.round((performance.now() - request.startedAt) * 10) / 10
         }, 'internal api call')
       }
-      done()
+      done(null, payload)
     }
-    route.onResponse = route.onResponse === undefined ? audit : [route.onResponse, audit].flat()
+    route.onSend = route.onSend === undefined ? audit : [route.onSend, audit].flat()
   })
 
   await app.register(merchantRoutes, { prefix: '/v1/merchants' })
