@@ -64,9 +64,9 @@ declare module 'fastify' {
 /**
  * The Fastify server, with the service's logger. Fastify itself is given no logger: with one, it
  * attaches 'finish' and 'error' listeners to every response and reads the clock twice, only for
- * its own request lines, which are off here (README: Performance). The
- * root logger is the server's `log` instead, and every request gets a child of it through the
- * child logger factory, as Fastify would make (`request.log`, `reply.log`).
+ * its own request lines, which are off here (README: Performance). The root logger is the
+ * server's `log` instead, and every request gets a child of it through the child logger factory,
+ * as Fastify would make (`request.log`, `reply.log`).
  */
 export function createServer (config: Config, opts: { pretty?: boolean, logStream?: DestinationStream } = {}): FastifyInstance {
   const log = createLogger(config.logLevel, { pretty: opts.pretty, stream: opts.logStream }) as FastifyBaseLogger
