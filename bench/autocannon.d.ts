@@ -7,7 +7,10 @@ declare module 'autocannon' {
     pipelining?: number
     /** Seconds. */
     duration?: number
+    /** Stop after this many requests (instead of a duration). */
+    amount?: number
     headers?: Record<string, string>
+    /** Seconds before a request counts as timed out (10). */
     timeout?: number
     /** Requests per second over all connections (a fixed rate instead of as fast as possible). */
     overallRate?: number

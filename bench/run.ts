@@ -4,6 +4,12 @@
 // processes on loopback ports; autocannon loads them from here, interleaved, for a few rounds.
 // Writes bench/RESULTS.md and prints the same.
 //
+// BENCH_MODE=instructions (`npm run bench:instructions`) counts instructions instead: every target
+// runs under valgrind's callgrind (bench/callgrind.ts), takes BENCH_INSTR_WARMUP requests (10000)
+// uncounted, then BENCH_INSTR_COUNT (5000) counted; its section of bench/RESULTS.md gives the
+// instructions per request and their ratios. Slow (minutes per target), but the same from run to
+// run on a machine whose speed drifts.
+//
 // Knobs (environment): BENCH_CONNECTIONS (50), BENCH_DURATION (10 s), BENCH_WARMUP (3 s),
 // BENCH_ROUNDS (5), BENCH_FIXED_RPS (8000: the rate of the fixed-rate CPU measurement, 0 skips it),
 // BENCH_PIN=0 (do not pin the servers to core 0 and autocannon to core 1), BENCH_RESULTS (the
@@ -22,6 +28,7 @@ import { isAbsolute, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import autocannon, { type Instance, type Result } from 'autocannon'
+import { callgrindAvailable, dumpCounts, startCounting, underCallgrind, CALLGRIND_ENV, type Counts } from './callgrind.js'
 import { buildSimulator, type Simulator } from '../src/simulator/app.js'
 import { freePort, waitForPort } from '../src/net-utils.js'
 
@@ -48,12 +55,17 @@ function compareBuilds (): Array<{ name: string, script: string }> {
   })
 }
 
+const MODES = ['time', 'instructions'] as const
+const mode = (process.env.BENCH_MODE ?? 'time') as typeof MODES[number]
+if (!MODES.includes(mode)) throw new BenchError(`BENCH_MODE: one of ${MODES.join(', ')}`)
+const instructions = mode === 'instructions'
+
 const settings = {
   connections: int('BENCH_CONNECTIONS', 50, 1),
   pipelining: 1,
   durationS: int('BENCH_DURATION', 10, 1),
   warmupS: int('BENCH_WARMUP', 3),
-  rounds: int('BENCH_ROUNDS', 5, 1),
+  rounds: instructions ? 1 : int('BENCH_ROUNDS', 5, 1),
   fixedRps: int('BENCH_FIXED_RPS', 8000),
   naive: process.env.BENCH_NAIVE !== '0',
   // Padding claim of the simulator's JWTs: ~1.5 KB access tokens.
@@ -62,18 +74,24 @@ const settings = {
   // A fresh server process per target and round: one process's speed depends on its JIT's
   // choices and memory layout (10 % apart between two processes of the same build), which more
   // rounds against the same process do not average out.
-  restart: process.env.BENCH_RESTART !== '0',
+  restart: instructions || process.env.BENCH_RESTART !== '0',
   pin: process.env.BENCH_PIN !== '0' && cpus().length >= 2 && spawnSync('taskset', ['-V']).status === 0,
   only: list('BENCH_ONLY'),
   brokerNodeArgs: list('BENCH_BROKER_NODE_ARGS')?.flatMap(a => a.split(' ')).filter(a => a !== '') ?? [],
-  compare: compareBuilds()
+  compare: compareBuilds(),
+  instrWarmup: int('BENCH_INSTR_WARMUP', 10_000),
+  instrCount: int('BENCH_INSTR_COUNT', 5000, 1)
 }
 const TARGET_COUNT = 4 + settings.compare.length
 /** Seconds of the fixed-rate measurement per target and round. */
 const FIXED_S = Math.min(settings.durationS, 5)
+/** Start-up of a server under test (under callgrind: about a minute). */
+const START_MS = instructions ? 600_000 : 15_000
 /** The whole run, start-up and shutdown included; past it the run fails and cleans up. */
-const DEADLINE_MS = 120_000 + settings.rounds * TARGET_COUNT * (settings.durationS + FIXED_S + settings.warmupS + 5) * 1000
-const STOP_GRACE_MS = 5000
+const DEADLINE_MS = instructions
+  ? 120_000 + TARGET_COUNT * (2 * START_MS + (settings.instrWarmup + settings.instrCount) * 20)
+  : 120_000 + settings.rounds * TARGET_COUNT * (settings.durationS + FIXED_S + settings.warmupS + 5) * 1000
+const STOP_GRACE_MS = instructions ? 60_000 : 5000
 
 const MERCHANT = 'bench_merchant'
 const LOOKUP_ROUTE = '/internal/v1/merchants/:merchantId/access-token'
@@ -99,13 +117,24 @@ const CLIENT_CORE = '1'
 /** Log files opened so far: a restarted server appends to the log of its predecessors. */
 const opened = new Set<string>()
 
-function spawnChild (name: string, command: string, args: string[], env: NodeJS.ProcessEnv, stdoutFile?: string, pinned = settings.pin): Child {
+/** BENCH_MODE=instructions: the servers under test started from now on run under callgrind. */
+let counting = false
+const callgrindFile = (name: string): string => join(OUT, `callgrind.${name}.out`)
+
+/** Starts a child process; a server under test (not redis-server) is pinned, and counted when `counting`. */
+function spawnChild (name: string, command: string, args: string[], env: NodeJS.ProcessEnv, stdoutFile?: string, underTest = true): Child {
+  if (underTest && counting) {
+    const out = callgrindFile(name)
+    for (const stale of [out, `${out}.1`]) rmSync(stale, { force: true })
+    ;[command, args] = underCallgrind(out, command, args)
+    env = { ...env, ...CALLGRIND_ENV }
+  }
   const stderrFile = join(OUT, `${name}.stderr.log`)
   const errFd = openSync(stderrFile, 'w')
   const outFd = stdoutFile === undefined ? 'ignore' : openSync(stdoutFile, opened.has(stdoutFile) ? 'a' : 'w')
   if (stdoutFile !== undefined) opened.add(stdoutFile)
   // taskset execs the command: the child's pid (and its /proc CPU times) stay the server's.
-  const [file, argv] = pinned ? ['taskset', ['-c', SERVER_CORE, command, ...args]] : [command, args]
+  const [file, argv] = underTest && settings.pin ? ['taskset', ['-c', SERVER_CORE, command, ...args]] : [command, args]
   const proc = spawn(file, argv, { env, stdio: ['ignore', outFd, errFd], cwd: ROOT })
   closeSync(errFd)
   if (typeof outFd === 'number') closeSync(outFd)
@@ -134,9 +163,9 @@ async function stopChild (c: Child): Promise<void> {
 // Last resort (an exception past the cleanup, process.exit): nothing outlives the runner.
 process.once('exit', () => { for (const c of children) if (alive(c)) c.proc.kill('SIGKILL') })
 
-async function startChild (name: string, command: string, args: string[], port: number, env: NodeJS.ProcessEnv, stdoutFile?: string, pinned?: boolean): Promise<Child> {
-  const child = spawnChild(name, command, args, env, stdoutFile, pinned)
-  await Promise.race([waitForPort(port, true, { timeoutMs: 15_000 }), childDied])
+async function startChild (name: string, command: string, args: string[], port: number, env: NodeJS.ProcessEnv, stdoutFile?: string, underTest?: boolean): Promise<Child> {
+  const child = spawnChild(name, command, args, env, stdoutFile, underTest)
+  await Promise.race([waitForPort(port, true, { timeoutMs: START_MS }), childDied])
   return child
 }
 
@@ -160,7 +189,7 @@ interface Answer { status: number, headers: Record<string, string | string[] | u
 
 async function get (url: string, headers: Record<string, string> = {}): Promise<Answer> {
   return await new Promise((resolve, reject) => {
-    const req = httpRequest(url, { headers, timeout: 10_000 }, res => {
+    const req = httpRequest(url, { headers, timeout: instructions ? 120_000 : 10_000 }, res => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
       res.on('end', () => {
@@ -199,14 +228,16 @@ interface Sample {
 
 let running: Instance | undefined
 
-async function load (target: Target, durationS: number, authorization: string, overallRate?: number): Promise<Result> {
+/** Loads a target for `duration` seconds, or until it answered `amount` requests. */
+async function load (target: Target, authorization: string, size: { duration: number, overallRate?: number } | { amount: number }): Promise<Result> {
   const instance = autocannon({
     url: target.url,
     connections: settings.connections,
     pipelining: settings.pipelining,
-    duration: durationS,
     headers: { authorization },
-    ...(overallRate === undefined ? {} : { overallRate })
+    // Under callgrind a server is about 50 times slower: autocannon's 10 s would time out.
+    ...(instructions ? { timeout: 120 } : {}),
+    ...size
   })
   running = instance
   try {
@@ -247,6 +278,7 @@ let sim: Simulator | undefined
 let redisDir: string | undefined
 
 async function main (): Promise<void> {
+  if (instructions && !callgrindAvailable()) throw new BenchError('BENCH_MODE=instructions needs valgrind (apt-get install -y valgrind)')
   mkdirSync(OUT, { recursive: true })
   const loadBefore = loadavg()[0]
 
@@ -359,6 +391,8 @@ async function main (): Promise<void> {
   const pairNames = ['broker', 'static']
   const pair = loaded.filter(t => pairNames.includes(t.name))
   const units = [...(pair.length === 2 ? [pair] : pair.map(t => [t])), ...loaded.filter(t => !pairNames.includes(t.name)).map(t => [t])]
+  const counts = new Map<string, Counts>()
+  counting = instructions
   for (let round = 0; round < settings.rounds; round++) {
     // Rotated order, so that no target always runs first or after the same neighbour; within
     // the pair, the order alternates.
@@ -371,10 +405,22 @@ async function main (): Promise<void> {
         await stopChild(t.child)
         t.child = await t.start()
       }
-      if (settings.warmupS > 0) served.set(t.name, (served.get(t.name) ?? 0) + (await load(t, settings.warmupS, authorization))['2xx'])
+      if (instructions) {
+        const pid = t.child.proc.pid ?? 0
+        const answered = async (amount: number): Promise<number> => (await load(t, authorization, { amount }))['2xx']
+        if (settings.instrWarmup > 0) served.set(t.name, (served.get(t.name) ?? 0) + await answered(settings.instrWarmup))
+        startCounting(pid)
+        served.set(t.name, (served.get(t.name) ?? 0) + await answered(settings.instrCount))
+        const c = dumpCounts(pid, callgrindFile(t.name))
+        counts.set(t.name, c)
+        await stopChild(t.child)
+        process.stderr.write(`${t.name.padEnd(8)} ${Math.round((c.total - c.compiler) / settings.instrCount).toLocaleString('en-US').padStart(9)} instructions per request, ${Math.round(c.compiler / settings.instrCount).toLocaleString('en-US')} more in the optimizing compilers\n`)
+        continue
+      }
+      if (settings.warmupS > 0) served.set(t.name, (served.get(t.name) ?? 0) + (await load(t, authorization, { duration: settings.warmupS }))['2xx'])
       const measured = async (durationS: number, overallRate?: number): Promise<{ r: Result, cpuUs: number }> => {
         const cpuBefore = cpuMs(t.child)
-        const r = await load(t, durationS, authorization, overallRate)
+        const r = await load(t, authorization, { duration: durationS, ...(overallRate === undefined ? {} : { overallRate }) })
         served.set(t.name, (served.get(t.name) ?? 0) + r['2xx'])
         return { r, cpuUs: (cpuMs(t.child) - cpuBefore) * 1000 / r['2xx'] }
       }
@@ -401,12 +447,84 @@ async function main (): Promise<void> {
     audit.push(`${t.name} ${lookups} lookups of ${expected} in ${lines} lines`)
   }
 
-  const report = render({ targets: loaded, samples, answers, bodyBytes: Buffer.byteLength(lookup.body), tokenBytes: Buffer.byteLength(token), audit, load: [loadBefore, loadavg()[0]] })
-  writeFileSync(RESULTS, report)
+  const report = instructions
+    ? renderInstructions(loaded, counts, Buffer.byteLength(lookup.body))
+    : render({ targets: loaded, samples, answers, bodyBytes: Buffer.byteLength(lookup.body), tokenBytes: Buffer.byteLength(token), audit, load: [loadBefore, loadavg()[0]] })
+  writeResults(report)
   process.stdout.write(report)
 }
 
 // --- Report --------------------------------------------------------------------------------
+
+const num = (n: number, digits = 0): string => Number.isNaN(n) ? 'n/a' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+const machine = (): string => {
+  const cpu = cpus()
+  return `${cpu.length} cores (${cpu[0]?.model.trim() ?? 'unknown'})`
+}
+
+// bench/RESULTS.md holds both reports: the timed one, then, after this line, the instruction
+// counts. Each mode rewrites its own part and keeps the other.
+const INSTRUCTIONS_MARKER = '<!-- instruction counts: npm run bench:instructions -->'
+
+function writeResults (report: string): void {
+  let previous = ''
+  try { previous = readFileSync(RESULTS, 'utf8') } catch {}
+  const at = previous.indexOf(INSTRUCTIONS_MARKER)
+  const [timed, counted] = at < 0 ? [previous, ''] : [previous.slice(0, at), previous.slice(at)]
+  writeFileSync(RESULTS, instructions ? `${timed}${INSTRUCTIONS_MARKER}\n${report}` : `${report}${counted}`)
+}
+
+function renderInstructions (targets: Target[], counts: Map<string, Counts>, bodyBytes: number): string {
+  const n = settings.instrCount
+  const steady = (name: string): number => {
+    const c = counts.get(name)
+    return c === undefined ? NaN : (c.total - c.compiler) / n
+  }
+  const rows = targets.map(t => {
+    const c = counts.get(t.name)
+    return `| ${t.name} | ${t.label} | ${num(steady(t.name))} | ${num(c === undefined ? NaN : c.compiler / n)} | ${num(c === undefined ? NaN : c.total / n)} |`
+  })
+  /** The other target's count over the broker's: read like a req/s ratio (1 is as cheap). */
+  const ratioRow = (other: string, label: string): string => `| ${label} | ${num(steady(other) / steady('broker'), 2)} |`
+  const ratios = [
+    ratioRow('static', 'broker / static same size'),
+    ratioRow('hello', 'broker / hello world'),
+    ...(counts.has('naive') ? [ratioRow('naive', 'broker / naive path')] : []),
+    ...settings.compare.filter(b => counts.has(b.name)).map(b => ratioRow(b.name, `broker / ${b.name}`))
+  ].filter(row => !row.includes('n/a'))
+  return [
+    '# Benchmark: instructions per lookup',
+    '',
+    'Written by `npm run bench:instructions` (bench/run.ts, BENCH_MODE=instructions): the counts of the last run.',
+    '',
+    `- date: ${new Date().toISOString()}`,
+    `- node: ${process.version} (${process.platform}/${process.arch}); machine: ${machine()}`,
+    `- each target a fresh process under \`valgrind --tool=callgrind\`, with the same set-up as the timed run (broker with production logging, lookup body ${bodyBytes} bytes); autocannon, ${settings.connections} connections: ${num(settings.instrWarmup)} requests uncounted (warm-up), then ${num(n)} counted`,
+    '',
+    '| target | what | instructions per request | more in the optimizing compilers | all counted, per request |',
+    '| --- | --- | ---: | ---: | ---: |',
+    ...rows,
+    '',
+    '| ratio (the other target\'s instructions per request over the broker\'s, like a req/s ratio) | instructions |',
+    '| --- | ---: |',
+    ...ratios,
+    '',
+    '## How to read',
+    '',
+    '- Instructions of the server process (every thread) in user space, counted by callgrind. For',
+    '  the same build and load they stay within about 2 % from run to run (the JIT\'s choices and',
+    '  the garbage collector\'s timing vary), whatever else the machine does, where timings on a',
+    '  shared machine drift by far more: a change of a few per cent shows. BENCH_COMPARE puts the',
+    '  build from before a change in the same run.',
+    '- Not counted: the kernel (socket reads and writes, waking the client), which every target',
+    '  pays alike, and the cost of cache and branch misses; time is not proportional to',
+    '  instructions. The goal of issue 4 is in requests/s: the timed report above.',
+    '- The optimizing compilers (TurboFan, Turboshaft, Maglev) still work now and then in a warm',
+    '  server; what they did during the counted requests is a one-off of the warm-up, given apart',
+    '  and left out of the first column and the ratios.',
+    ''
+  ].join('\n')
+}
 
 interface ReportInput {
   targets: Target[]
@@ -429,8 +547,6 @@ function render (r: ReportInput): string {
   }
   /** b's CPU per request over a's: how many a-requests cost what one b-request costs. */
   const cpuRatio = (a: string, b: string, k: 'cpuUs' | 'cpuAtRateUs'): number => med(b, k) / med(a, k)
-  const num = (n: number, digits = 0): string => Number.isNaN(n) ? 'n/a' : n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
-  const cpu = cpus()
   // The goal counts as met only when both estimates reach it.
   const vsStatic = Math.min(ratio('broker', 'static'), roundRatio('broker', 'static'))
   const rate = num(settings.fixedRps)
@@ -455,7 +571,7 @@ function render (r: ReportInput): string {
     '',
     `- date: ${new Date().toISOString()}`,
     `- node: ${process.version} (${process.platform}/${process.arch})`,
-    `- machine: ${cpu.length} cores (${cpu[0]?.model.trim() ?? 'unknown'}); load average ${num(r.load[0], 1)} before, ${num(r.load[1], 1)} after the run. autocannon runs on the same machine: ${settings.pin ? `pinned to core ${CLIENT_CORE}, every server under test to core ${SERVER_CORE}` : 'unpinned, sharing the cores with the server under test'}`,
+    `- machine: ${machine()}; load average ${num(r.load[0], 1)} before, ${num(r.load[1], 1)} after the run. autocannon runs on the same machine: ${settings.pin ? `pinned to core ${CLIENT_CORE}, every server under test to core ${SERVER_CORE}` : 'unpinned, sharing the cores with the server under test'}`,
     `- load: autocannon, ${settings.connections} connections, pipelining ${settings.pipelining}; per target and round ${settings.warmupS} s warm-up, ${settings.durationS} s as fast as it goes, then ${settings.fixedRps > 0 ? `${FIXED_S} s at a fixed ${rate} req/s` : 'no fixed-rate part'}; ${settings.rounds} rounds, targets interleaved in rotated order, the broker and the static route back to back (alternating which goes first); ${settings.restart ? 'a fresh server process per target and round' : 'one server process per target for the whole run'}; medians over the rounds`,
     '- broker: `node dist/src/server.js`, NODE_ENV=production, LOG_LEVEL=info (JSON lines to a file), default AUDIT_SUMMARY_SECONDS, a private redis-server, the CyberSource simulator; one onboarded merchant, its token served from the in-memory cache',
     `- response: access token ${r.tokenBytes} bytes, lookup body ${r.bodyBytes} bytes; audit trail checked after the run (every lookup counted once): ${r.audit.join(', ')}`,

@@ -10,7 +10,7 @@ import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { UriTooLongError } from './errors.js'
 import { errorBody } from '../plugins/errors.js'
-import { createLogger, requestLoggerFactory } from './logger.js'
+import { createLogger, RequestLogger } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
 import metricsPlugin from '../plugins/metrics.js'
@@ -65,8 +65,9 @@ declare module 'fastify' {
  * The Fastify server, with the service's logger. Fastify itself is given no logger: with one, it
  * attaches 'finish' and 'error' listeners to every response and reads the clock twice, only for
  * its own request lines, which are off here (README: Performance). The root logger is the
- * server's `log` instead, and every request gets a child of it through the child logger factory,
- * as Fastify would make (`request.log`, `reply.log`).
+ * server's `log` instead, and the app's first onRequest hook gives every request its logger
+ * (`request.log`, `reply.log`), rather than a child logger factory: Fastify checks each logger
+ * such a factory returns, seven methods looked up by name per request.
  */
 export function createServer (config: Config, opts: { pretty?: boolean, logStream?: DestinationStream } = {}): FastifyInstance {
   const log = createLogger(config.logLevel, { pretty: opts.pretty, stream: opts.logStream }) as FastifyBaseLogger
@@ -74,7 +75,6 @@ export function createServer (config: Config, opts: { pretty?: boolean, logStrea
     // One audit line per internal call is written by the routes; the default two lines per
     // request are off (they would also log the callback's query string).
     logController: new LogController({ disableRequestLogging: true }),
-    childLoggerFactory: requestLoggerFactory(log),
     genReqId: (req) => {
       const given = req.headers['x-correlation-id']
       return typeof given === 'string' && CORRELATION_ID.test(given) ? given : randomId()
@@ -108,8 +108,13 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   await fastify.register(configPlugin, opts)
   await fastify.register(errorsPlugin)
   fastify.decorateRequest('startedAt', 0)
+  const root = fastify.log
   fastify.addHook('onRequest', (request, reply, done) => {
     request.startedAt = performance.now()
+    // The request's logger, bound to its id (until here both are Fastify's silent one: createServer).
+    const log = new RequestLogger(root, { reqId: request.id })
+    request.log = log
+    reply.log = log
     // JSON answers need only nosniff; the HTML pages get helmet's full set (routes/oauth scope).
     reply.header('x-correlation-id', request.id)
     reply.header('x-content-type-options', 'nosniff')

@@ -45,19 +45,21 @@ export function createLogger (level: string, opts: { pretty?: boolean, stream?: 
 type LogArgs = Parameters<LogFn>
 
 /**
- * A request's logger that makes pino's child logger at its first line. Fastify builds a child per
- * request (the request id bound) even for a request that writes none, as a successful lookup
- * does (its audit is a summary), and pino serializes the bindings at once: the largest cost left
- * on the lookup's hot path (README, Performance). Bindings added before the first line (the
- * guard's caller) are bound together with the request id.
+ * A request's logger (`request.log`, `reply.log`: set by the app's first onRequest hook,
+ * src/app.ts) that makes pino's child logger at its first line. A successful lookup writes none
+ * (its audit is a summary), and pino serializes a child's bindings at once: made per request, it
+ * was the largest cost left on the lookup's hot path (README, Performance). Bindings added before
+ * the first line (the guard's caller) are bound together with the request id.
  */
 export class RequestLogger implements FastifyBaseLogger {
   private real: Logger | undefined
+  /** Bindings added before the first line (kept as given: copying them cost more than the rest). */
+  private extra: Bindings | undefined
 
   constructor (private readonly parent: FastifyBaseLogger, private readonly pending: Bindings) {}
 
   private get logger (): Logger {
-    if (this.real === undefined) this.real = this.parent.child(this.pending) as Logger
+    if (this.real === undefined) this.real = this.parent.child(this.extra === undefined ? this.pending : { ...this.pending, ...this.extra }) as Logger
     return this.real
   }
 
@@ -67,7 +69,7 @@ export class RequestLogger implements FastifyBaseLogger {
   /** pino's setBindings: added to the child's bindings (made or not yet). */
   setBindings (bindings: Bindings): void {
     if (this.real !== undefined) this.real.setBindings(bindings)
-    else Object.assign(this.pending, bindings)
+    else this.extra = this.extra === undefined ? bindings : { ...this.extra, ...bindings }
   }
 
   child (bindings: Bindings, options?: ChildLoggerOptions): FastifyBaseLogger { return this.logger.child(bindings, options) }
@@ -78,15 +80,4 @@ export class RequestLogger implements FastifyBaseLogger {
   debug (...args: LogArgs): void { this.logger.debug(...args) }
   trace (...args: LogArgs): void { this.logger.trace(...args) }
   silent (...args: LogArgs): void { this.logger.silent(...args) }
-}
-
-/**
- * Fastify's childLoggerFactory, making the request loggers of `root` (Fastify is given no logger
- * of its own: src/app.ts): a RequestLogger, or pino's child when options (a route's log level or
- * serializers) are given.
- */
-export function requestLoggerFactory (root: FastifyBaseLogger): (parent: FastifyBaseLogger, bindings: Bindings, options: ChildLoggerOptions) => FastifyBaseLogger {
-  return (_parent, bindings, options) => options.level !== undefined || options.serializers !== undefined
-    ? root.child(bindings, options)
-    : new RequestLogger(root, bindings)
 }

@@ -59,6 +59,8 @@ export interface BuildOptions {
   simulatorOptions?: Partial<SimulatorOptions>
   secrets?: ReturnType<typeof secrets>
   now?: () => number
+  /** Routes of the test's own, registered beside the app (its root hooks apply to them). */
+  routes?: (app: FastifyInstance) => Promise<void>
 }
 
 export interface Built {
@@ -97,6 +99,7 @@ export async function build (t: Teardown, opts: BuildOptions = {}): Promise<Buil
   const instance = createServer(config, { logStream: logs.stream })
   // fastify-plugin exposes the app's decorators (tokenStore, redis…) to the tests.
   await instance.register(fp(app), { config, now: opts.now })
+  if (opts.routes !== undefined) await instance.register(opts.routes)
   await instance.ready()
   t.teardown(async () => await instance.close())
   return { app: instance, config, redis, sim, secrets: s, logs, auth: { authorization: `Bearer ${s.apiSecret}` } }

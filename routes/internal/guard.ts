@@ -22,9 +22,8 @@ export function addBearerGuard (app: FastifyInstance): void {
       return
     }
     request.caller = caller
-    // Bound to the request's own logger (src/logger.ts: a RequestLogger, or pino's child for a
-    // route with its own level; both take bindings): a second child logger per call cost more
-    // than the rest of the guard.
+    // Bound to the request's own logger (a RequestLogger, src/app.ts): a second child logger per
+    // call cost more than the rest of the guard.
     const log = request.log as Logger
     log.setBindings({ caller })
     done()

@@ -1,8 +1,9 @@
 // `npm run bench` keeps working: a two-round run of one second per target (the numbers mean nothing
 // here and are not asserted; every round starts fresh servers) must load them all, account for
 // every lookup in the audit trails of the three broker processes (set-up, then one per round) and
-// write a complete report. The benchmark itself is run by hand (bench/RESULTS.md).
-import t from 'tap'
+// write a complete report. So does `npm run bench:instructions` (a few requests under callgrind),
+// which adds its section to the same file. The benchmark itself is run by hand (bench/RESULTS.md).
+import t, { type Test } from 'tap'
 import { spawn, execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -28,12 +29,15 @@ t.test('a minimal benchmark run writes a full report', async t => {
     BENCH_FIXED_RPS: '500',
     BENCH_PIN: '0'
   }
-  const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'run.js')], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stderr = ''
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  child.stdout.resume()
-  const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
-  t.equal(code, 0, 'the run succeeds', { stderr: stderr.slice(-2000) })
+  const run = async (t: Test, extra: Record<string, string> = {}): Promise<void> => {
+    const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'run.js')], { cwd: ROOT, env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stderr = ''
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    child.stdout.resume()
+    const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
+    t.equal(code, 0, 'the run succeeds', { stderr: stderr.slice(-2000) })
+  }
+  await run(t)
 
   const report = readFileSync(results, 'utf8')
   for (const target of ['broker', 'static', 'hello', 'naive']) {
@@ -46,4 +50,20 @@ t.test('a minimal benchmark run writes a full report', async t => {
   t.ok(Number(audit?.[3]) < Number(audit?.[2]), 'as summaries, fewer lines than lookups')
   t.ok(Number(audit?.[3]) >= 3, 'summaries of the three broker processes (set-up, then a fresh one per round)')
   t.match(report, /2 rounds, .*a fresh server process per target and round/, 'the report says how it ran')
+
+  await t.test('an instruction count adds its section and keeps the timed report', async t => {
+    await run(t, { BENCH_MODE: 'instructions', BENCH_ONLY: 'broker,static', BENCH_NAIVE: '0', BENCH_INSTR_WARMUP: '20', BENCH_INSTR_COUNT: '20' })
+    const both = readFileSync(results, 'utf8')
+    t.ok(both.startsWith(report), 'the timed report is kept as it was')
+    const counted = both.slice(report.length)
+    t.match(counted, /^<!-- instruction counts: npm run bench:instructions -->\n# Benchmark: instructions per lookup/)
+    for (const target of ['broker', 'static']) {
+      t.match(counted, new RegExp(`^\\| ${target} \\| .+ \\| [\\d,]+ \\| [\\d,]+ \\| [\\d,]+ \\|$`, 'm'), `a count for ${target}`)
+    }
+    t.match(counted, /^\| broker \/ static same size \| \d\.\d\d \|$/m, 'the ratio to the static route')
+    await run(t, { BENCH_ROUNDS: '1' })
+    const again = readFileSync(results, 'utf8')
+    t.ok(again.endsWith(counted), 'a timed run keeps the instruction counts')
+    t.match(again, /1 rounds, /)
+  })
 })

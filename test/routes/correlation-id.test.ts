@@ -3,6 +3,7 @@
 // never a counter); error bodies and log lines carry the same id.
 import t from 'tap'
 import { build } from '../helper.js'
+import type { Logger } from 'pino'
 
 const GENERATED = /^[0-9a-f]{32}$/
 
@@ -40,4 +41,26 @@ t.test('correlation ids', async t => {
     t.equal((res.json() as { error: { correlation_id: string } }).error.correlation_id, id)
     t.ok(b.logs.lines().some(l => l.reqId === id && l.msg === 'internal api call'), 'the audit line has the id')
   })
+})
+
+t.test('every request has its own logger, bound to its id, as request.log and reply.log', async t => {
+  const b = await build(t, {
+    routes: async (app) => {
+      app.get('/test/log', (request, reply) => {
+        request.log.info('from the request')
+        ;(reply.log as Logger).setBindings({ extra: 'bound' })
+        reply.log.warn('from the reply')
+        return { same: request.log === reply.log }
+      })
+    }
+  })
+  const [one, two] = [await b.app.inject({ url: '/test/log' }), await b.app.inject({ url: '/test/log' })]
+  t.same(one.json(), { same: true })
+  const id = String(one.headers['x-correlation-id'])
+  t.not(id, String(two.headers['x-correlation-id']))
+  const lines = b.logs.lines().filter(l => l.reqId === id)
+  t.match(lines, [{ level: 30, msg: 'from the request' }, { level: 40, msg: 'from the reply', extra: 'bound' }])
+  t.equal(lines.length, 2)
+  t.notOk(lines[0].extra, 'bindings added later do not change lines already written')
+  t.equal(b.logs.lines().filter(l => l.reqId === String(two.headers['x-correlation-id'])).length, 2, 'the other request\'s lines carry its own id')
 })

@@ -5,7 +5,7 @@ import t from 'tap'
 import pino, { type Bindings, type ChildLoggerOptions } from 'pino'
 import type { FastifyBaseLogger } from 'fastify'
 import { captureLogs } from '../helper.js'
-import { RequestLogger, requestLoggerFactory, loggerOptions } from '../../src/logger.js'
+import { RequestLogger, loggerOptions } from '../../src/logger.js'
 
 /** A root logger writing to a capture, seen through a parent that counts the children made of it. */
 function root (level = 'info'): { log: FastifyBaseLogger, lines: () => Array<Record<string, unknown>>, children: () => number } {
@@ -67,27 +67,4 @@ t.test('child loggers carry the request bindings and their own; credentials stay
   const [line] = r.lines()
   t.match(line, { reqId: 'r4', caller: 'payments', component: 'x', msg: 'from child', authorization: '[redacted]' })
   t.notMatch(JSON.stringify(r.lines()), 'secret-value')
-})
-
-t.test('the factory: a RequestLogger of its root (not of the parent Fastify passes), or pino\'s child for a route with its own level or serializers', async t => {
-  const r = root()
-  const factory = requestLoggerFactory(r.log)
-  const other = root()
-  const parent = other.log
-  t.ok(factory(parent, { reqId: 'a' }, {}) instanceof RequestLogger)
-  t.equal(r.children(), 0)
-  const quiet = factory(parent, { reqId: 'b' }, { level: 'warn' })
-  t.notOk(quiet instanceof RequestLogger)
-  t.equal(quiet.level, 'warn')
-  quiet.info('dropped')
-  quiet.warn('kept')
-  t.match(r.lines(), [{ reqId: 'b', msg: 'kept' }])
-  t.equal(r.lines().length, 1)
-  const custom = factory(parent, { reqId: 'c' }, { serializers: { thing: () => 'serialized' } })
-  custom.info({ thing: { raw: true } }, 'with serializer')
-  t.match(r.lines()[1], { reqId: 'c', thing: 'serialized' })
-  factory(parent, { reqId: 'd' }, {}).info('to the root')
-  t.match(r.lines()[2], { reqId: 'd', msg: 'to the root' })
-  t.same(other.lines(), [], 'nothing goes to the parent Fastify passes')
-  t.equal(other.children(), 0)
 })
