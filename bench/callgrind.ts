@@ -23,7 +23,7 @@ export function callgrindAvailable (): boolean {
   // (callgrind_annotate --version prints its version to stderr and exits with 255.)
   return ['valgrind', 'callgrind_control', 'callgrind_annotate'].every(c => {
     const r = spawnSync(c, ['--version'], { encoding: 'utf8' })
-    return `${r.stdout ?? ''}${r.stderr ?? ''}`.startsWith(`${c}-`) || r.stdout?.startsWith('valgrind-') === true
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.startsWith(`${c}-`)
   })
 }
 
