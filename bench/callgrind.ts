@@ -50,10 +50,13 @@ export interface Counts {
   compiler: number
 }
 
-/** Dumps the counts since startCounting (the first dump of the process: outFile.1) and reads them. */
-export function dumpCounts (pid: number, outFile: string): Counts {
+/**
+ * Dumps the counts since startCounting or the last dump (a dump zeroes the counters) and reads
+ * them: the `part`-th dump of the process, written to outFile.part.
+ */
+export function dumpCounts (pid: number, outFile: string, part: number): Counts {
   control(pid, '--dump')
-  const dump = `${outFile}.1`
+  const dump = `${outFile}.${part}`
   if (!existsSync(dump)) throw new Error(`callgrind wrote no ${dump}`)
   const r = spawnSync('callgrind_annotate', ['--threshold=100', dump], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 })
   if (r.status !== 0) throw new Error(`callgrind_annotate ${dump}: ${r.stderr.trim()}`)
