@@ -571,7 +571,7 @@ function renderInstructions (targets: Target[], counts: Map<string, Counts>, win
   const rows = targets.map(t => {
     const c = counts.get(t.name)
     const each = (windows.get(t.name) ?? []).map(w => perRequest(steadyCount(w))).join(' / ')
-    return `| ${t.name} | ${t.label} | ${num(steady(t.name))} | ${each} | ${num(c === undefined ? NaN : c.compiler / n)} | ${num(c === undefined ? NaN : c.total / n)} |`
+    return `| ${t.name} | ${t.label} | ${perRequest(c === undefined ? NaN : steadyCount(c))} | ${each} | ${perRequest(c?.compiler ?? NaN)} | ${perRequest(c?.total ?? NaN)} |`
   })
   /** The other target's count over the broker's: read like a req/s ratio (1 is as cheap). */
   const ratioRow = (other: string, label: string): string => `| ${label} | ${num(steady(other) / steady('broker'), 2)} |`
