@@ -116,6 +116,7 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     request.log = log
     reply.log = log
     // JSON answers need only nosniff; the HTML pages get helmet's full set (routes/oauth scope).
+    // (A successful lookup, sent past Fastify, names these two itself: routes/internal/v1/merchants.)
     reply.header('x-correlation-id', request.id)
     reply.header('x-content-type-options', 'nosniff')
     done(request.url.length > MAX_URL_LENGTH ? new UriTooLongError() : undefined)

@@ -147,6 +147,35 @@ t.test('lookup and status shapes', async t => {
   await h.assertNoRefreshTokenLeaked(t, ['m_shape'])
 })
 
+t.test('a GET lookup, answered past Fastify, carries the headers of a HEAD answered through it (real HTTP)', async t => {
+  const h = await harness(t)
+  await h.onboard('m_head')
+  const base = await h.b.app.listen({ host: '127.0.0.1', port: 0 })
+  const fetchLookup = async (method: 'GET' | 'HEAD', headers: Record<string, string> = {}): Promise<{ status: number, headers: Record<string, string>, body: string }> => {
+    const res = await fetch(`${base}/internal/v1/merchants/m_head/access-token`, { method, headers: { ...h.b.auth, ...headers } })
+    return { status: res.status, headers: Object.fromEntries(res.headers), body: await res.text() }
+  }
+  const get = await fetchLookup('GET')
+  const head = await fetchLookup('HEAD')
+  t.equal(get.status, 200, get.body)
+  t.equal(head.status, 200)
+  t.equal(head.body, '', 'no body for a HEAD')
+  t.equal((JSON.parse(get.body) as { merchant_id: string }).merchant_id, 'm_head')
+  t.match(get.headers, {
+    'x-correlation-id': /^[0-9a-f]{32}$/,
+    'x-content-type-options': 'nosniff',
+    'cache-control': 'no-store',
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(get.body))
+  })
+  // (fetch asks for the connection to be closed after a HEAD, and the answer says it will.)
+  const unique = ({ date: _date, 'x-correlation-id': _id, connection: _c, 'keep-alive': _k, ...rest }: Record<string, string>): Record<string, string> => rest
+  t.same(unique(get.headers), unique(head.headers), 'the same headers, but for the date, the correlation id and the connection\'s')
+  t.match(get.headers, { connection: 'keep-alive', 'keep-alive': 'timeout=10' })
+  t.not(get.headers['x-correlation-id'], head.headers['x-correlation-id'])
+  t.equal((await fetchLookup('GET', { 'x-correlation-id': 'pay-lookup-0001' })).headers['x-correlation-id'], 'pay-lookup-0001', 'the caller\'s id')
+})
+
 t.test('the lookup body follows the clock and the token', async t => {
   const h = await harness(t)
   await h.onboard('m_clock')
