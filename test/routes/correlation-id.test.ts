@@ -3,6 +3,7 @@
 // never a counter); error bodies and log lines carry the same id.
 import t from 'tap'
 import { build } from '../helper.js'
+import type { InjectOptions } from 'fastify'
 import type { Logger } from 'pino'
 
 const GENERATED = /^[0-9a-f]{32}$/
@@ -40,6 +41,33 @@ t.test('correlation ids', async t => {
     t.match(id, GENERATED)
     t.equal((res.json() as { error: { correlation_id: string } }).error.correlation_id, id)
     t.ok(b.logs.lines().some(l => l.reqId === id && l.msg === 'internal api call'), 'the audit line has the id')
+  })
+
+  await t.test('every kind of answer carries the id and nosniff, errors of every stage included', async t => {
+    const given = 'caller-given-id-0001'
+    const json = { ...b.auth, 'content-type': 'application/json' }
+    const answers: Array<[string, number, InjectOptions]> = [
+      ['health', 200, { url: '/health/live' }],
+      ['unknown route', 404, { url: '/no/such/route' }],
+      ['no credentials', 401, { url: '/internal/v1/merchants/m_none/access-token' }],
+      ['unknown merchant', 404, { url: '/internal/v1/merchants/m_none/access-token', headers: b.auth }],
+      ['HEAD of an unknown merchant', 404, { method: 'HEAD', url: '/internal/v1/merchants/m_none/access-token', headers: b.auth }],
+      ['invalid merchant id', 400, { url: '/internal/v1/merchants/bad.id/access-token', headers: b.auth }],
+      ['URL too long', 414, { url: `/health/live?pad=${'x'.repeat(9000)}` }],
+      ['malformed URL', 400, { url: '/internal/v1/merchants/%E0%A4%A/access-token', headers: b.auth }],
+      ['unsupported body type', 415, { method: 'POST', url: '/internal/v1/onboarding-links', headers: { ...b.auth, 'content-type': 'application/xml' }, payload: '<x/>' }],
+      ['body too large', 413, { method: 'POST', url: '/internal/v1/onboarding-links', headers: json, payload: JSON.stringify({ merchant_id: 'x'.repeat(17 * 1024) }) }],
+      ['callback without a state (HTML)', 401, { url: '/oauth/callback?code=abc' }],
+      ['malformed URL on a browser route (HTML)', 400, { url: '/oauth/callback/%ZZ?code=abc' }]
+    ]
+    for (const [what, status, request] of answers) {
+      const res = await b.app.inject(request)
+      t.equal(res.statusCode, status, `${what}: ${status}`)
+      t.match(String(res.headers['x-correlation-id']), GENERATED, `${what}: a correlation id`)
+      t.equal(res.headers['x-content-type-options'], 'nosniff', `${what}: nosniff`)
+      const kept = await b.app.inject({ ...request, headers: { ...request.headers, 'x-correlation-id': given } })
+      t.equal(kept.headers['x-correlation-id'], given, `${what}: the caller's id`)
+    }
   })
 })
 

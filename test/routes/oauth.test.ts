@@ -620,6 +620,8 @@ t.test('callback: a malformed URL → 400 page with no-store, the query (code) n
     t.equal(res.statusCode, 400, `${url}: 400`)
     t.match(String(res.headers['content-type']), /^text\/html/, `${url}: an HTML page, not JSON`)
     t.equal(res.headers['cache-control'], 'no-store', `${url}: no-store`)
+    t.equal(res.headers['referrer-policy'], 'no-referrer', `${url}: no referrer`)
+    t.equal(res.headers['x-content-type-options'], 'nosniff', `${url}: nosniff`)
     t.equal(res.headers.location, undefined, `${url}: no redirect`)
     t.match(res.body, /<!doctype html>/i)
     t.notOk(res.body.includes(code), `${url}: the code is not in the body`)
