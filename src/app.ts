@@ -21,7 +21,7 @@ import storesPlugin from '../plugins/stores.js'
 import onboardingPlugin from '../plugins/onboarding.js'
 import tokenServicePlugin from '../plugins/token-service.js'
 import healthRoutes from '../routes/health/index.js'
-import oauthRoutes, { failurePage } from '../routes/oauth/index.js'
+import oauthRoutes, { failurePage, pageHeaders } from '../routes/oauth/index.js'
 import internalRoutes from '../routes/internal/index.js'
 import metricsRoutes from '../routes/metrics/index.js'
 import docsRoutes from '../routes/docs/index.js'
@@ -52,6 +52,14 @@ function randomId (): string {
   }
   idOffset += ID_CHARS
   return idBatch.slice(idOffset - ID_CHARS, idOffset)
+}
+
+/**
+ * The headers of every answer: its correlation id, and nosniff (JSON answers need only that; the
+ * HTML pages get helmet's full set in the routes/oauth scope).
+ */
+function answerHeaders (reply: FastifyReply, id: string): FastifyReply {
+  return reply.header('x-correlation-id', id).header('x-content-type-options', 'nosniff')
 }
 
 declare module 'fastify' {
@@ -93,12 +101,11 @@ export function createServer (config: Config, opts: { pretty?: boolean, logStrea
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
     // A malformed URL or an over-long path parameter: a 400 with a fixed message (Fastify's own
     // echoes the URL, whose query may hold an authorization code), as a page on browser routes.
-    // No hook of the app runs for it: it names the headers they give every answer itself.
+    // No hook runs for it: it sets the headers that the app's and the browser routes' give.
     frameworkErrors: (_err, request, reply) => {
-      const r = (reply as FastifyReply).code(400).header('x-correlation-id', request.id).header('x-content-type-options', 'nosniff')
+      const r = answerHeaders((reply as FastifyReply).code(400), request.id)
       return request.url.startsWith('/oauth/')
-        ? r.type('text/html; charset=utf-8').header('cache-control', 'no-store').header('referrer-policy', 'no-referrer')
-          .send(failurePage('invalid_request', request.id))
+        ? pageHeaders(r).type('text/html; charset=utf-8').send(failurePage('invalid_request', request.id))
         : r.send(errorBody('invalid_request', 'The request URL is malformed', request.id))
     }
   })
@@ -119,14 +126,12 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     reply.log = log
     done(request.url.length > MAX_URL_LENGTH ? new UriTooLongError() : undefined)
   })
-  // Every answer sent through Fastify (errors included) carries its correlation id and nosniff:
-  // JSON answers need only that, the HTML pages get helmet's full set (routes/oauth scope). Set as
-  // it is sent, not as the request arrives: a successful lookup is answered past Fastify's send
-  // and names the two itself (routes/internal/v1/merchants), and setting them first for it was
-  // about 2 % of its instructions (README, Performance).
+  // Every answer sent through Fastify (errors included) gets answerHeaders as it is sent, not as
+  // the request arrives: a successful lookup is answered past Fastify's send and names them
+  // itself (routes/internal/v1/merchants), and setting them first for it was about 2 % of its
+  // instructions (README, Performance).
   fastify.addHook('onSend', (request, reply, payload, done) => {
-    reply.header('x-correlation-id', request.id)
-    reply.header('x-content-type-options', 'nosniff')
+    answerHeaders(reply, request.id)
     done(null, payload)
   })
   await fastify.register(formbody)

@@ -21,6 +21,15 @@ const FAILURES: Record<PageReason, { status: number, title: string, text: string
   rate_limited: { status: 429, title: 'Too many attempts', text: 'Too many requests came from your network. Please wait a minute, then start again from the partner portal.' }
 }
 
+/**
+ * The headers of every answer of the browser routes, beside helmet's: pages must never be cached
+ * or leak the callback URL through a Referer. (Also sent by src/app.ts's frameworkErrors, which
+ * no hook of this scope sees.)
+ */
+export function pageHeaders (reply: FastifyReply): FastifyReply {
+  return reply.header('cache-control', 'no-store').header('referrer-policy', 'no-referrer')
+}
+
 /** The failure page the merchant's browser sees for a reason. */
 export function failurePage (reason: PageReason, correlationId: string): string {
   const f = FAILURES[reason]
@@ -54,11 +63,8 @@ export default async function oauthRoutes (app: FastifyInstance): Promise<void> 
     return await reply.code(status ?? FAILURES[reason].status).type('text/html; charset=utf-8').send(failurePage(reason, request.id))
   }
 
-  // Pages must never be cached, framed or leak the callback URL through a Referer.
-  app.addHook('onSend', async (_request, reply) => {
-    reply.header('cache-control', 'no-store')
-    reply.header('referrer-policy', 'no-referrer')
-  })
+  // Pages must never be cached, framed (helmet) or leak the callback URL through a Referer.
+  app.addHook('onSend', async (_request, reply) => { pageHeaders(reply) })
 
   app.setErrorHandler(async (err, request, reply) => {
     if (err instanceof StorageUnavailableError) {
