@@ -9,7 +9,7 @@ export interface Metrics {
   lookups: Counter<'outcome'>
   /**
    * Counts one access-token lookup: a plain tally on the hot path, added to `lookups` whenever it
-   * is collected (prom-client's inc hashes its labels per call, a third of the lookup's audit).
+   * is collected (prom-client's inc hashes its labels on every call).
    */
   countLookup: (outcome: string) => void
   refreshes: Counter<'outcome'>
@@ -66,7 +66,7 @@ export default fp(async (app) => {
       async collect () {
         if (counted === undefined || app.now() - counted.at > MERCHANT_GAUGE_TTL_MS) {
           // Concurrent scrapes share one scan.
-          counting ??= app.tokenService.countByStatus().finally(() => { counting = undefined })
+          counting ??= app.tokenStore.countByStatus().finally(() => { counting = undefined })
           try {
             counted = { at: app.now(), counts: await counting }
           } catch {

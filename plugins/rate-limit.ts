@@ -1,10 +1,12 @@
-// Rate limiting of the browser-facing routes: a Redis-backed @fastify/rate-limit (so the limit
-// holds across replicas), registered inside the encapsulated /oauth scope, not globally.
-import type { FastifyInstance } from 'fastify'
+// Rate limiting of the browser-facing routes: a Redis-backed @fastify/rate-limit, so the limit
+// holds across replicas (RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_SECONDS and client address).
+// Registered inside the encapsulated /oauth scope, so it limits only those routes. Needs
+// `config` and `redis`.
+import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import { RateLimitedError } from '../src/errors.js'
 
-export async function registerBrowserRateLimit (scope: FastifyInstance): Promise<void> {
+export default fp(async (scope) => {
   const { max, windowSeconds } = scope.config.rateLimit
   await scope.register(rateLimit, {
     max,
@@ -15,4 +17,4 @@ export async function registerBrowserRateLimit (scope: FastifyInstance): Promise
     skipOnError: true,
     errorResponseBuilder: () => new RateLimitedError()
   })
-}
+}, { name: 'browser-rate-limit', dependencies: ['config', 'redis'] })

@@ -10,8 +10,8 @@ const SECRET_FIELDS = [
 ]
 
 // Explicit paths, no wildcards: pino's redactor runs on every line, and a wildcard path ('*.code')
-// made a line cost about four times as much on the lookup's hot path (bench/RESULTS.md). The code
-// logs ids and outcomes, never token-bearing objects; these paths catch a top-level slip.
+// makes every line cost several times as much. The code logs ids and outcomes, never
+// token-bearing objects; these paths catch a top-level slip.
 export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
@@ -48,12 +48,12 @@ type LogArgs = Parameters<LogFn>
  * A request's logger (`request.log`, `reply.log`: set by the app's first onRequest hook,
  * src/app.ts) that makes pino's child logger at its first line. A successful lookup writes none
  * (its audit is a summary), and pino serializes a child's bindings at once: made per request, it
- * was the largest cost left on the lookup's hot path (README, Performance). Bindings added before
- * the first line (the guard's caller) are bound together with the request id.
+ * is a large share of a cached lookup's cost. Bindings added before the first line (the guard's
+ * caller) are bound together with the request id.
  */
 export class RequestLogger implements FastifyBaseLogger {
   private real: Logger | undefined
-  /** Bindings added before the first line (kept as given: copying them cost more than the rest). */
+  /** Bindings added before the first line (kept as given, not copied). */
   private extra: Bindings | undefined
 
   constructor (private readonly parent: FastifyBaseLogger, private readonly pending: Bindings) {}

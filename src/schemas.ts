@@ -36,10 +36,24 @@ export const MerchantStatusSchema = Type.Object({
 export type MerchantStatus = Static<typeof MerchantStatusSchema>
 
 export const ListQuerySchema = Type.Object({
-  // A string (query values are not coerced): 1 to 500.
-  limit: Type.String({ pattern: '^(?:[1-9]\\d?|[1-4]\\d\\d|500)$', default: '100', description: '1-500' }),
+  limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
   cursor: Type.Optional(Type.String({ maxLength: 64 }))
 })
+
+/**
+ * A browser route's query parameter: one value (a repeated one arrives as an array and fails)
+ * of at most 2,048 characters. Unknown parameters are held to the same rule.
+ */
+const QueryParam = Type.String({ maxLength: 2048 })
+
+export const ConnectQuerySchema = Type.Object({
+  merchant_id: Type.Optional(MerchantIdSchema)
+}, { additionalProperties: QueryParam })
+
+export const CallbackQuerySchema = Type.Object({
+  code: Type.Optional(QueryParam),
+  state: Type.Optional(QueryParam)
+}, { additionalProperties: QueryParam })
 
 export const MerchantListSchema = Type.Object({
   items: Type.Array(MerchantStatusSchema),

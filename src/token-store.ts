@@ -6,6 +6,7 @@ import type { KeyRing } from './key-ring.js'
 import type { RedisKeys } from './redis-keys.js'
 import { storageCall } from './storage-errors.js'
 import { InvalidRequestError } from './errors.js'
+import { effectiveStatus } from './refresh-policy.js'
 
 export type MerchantStatus = 'connected' | 'reauthorization_required'
 
@@ -31,8 +32,12 @@ export type NewRecord = Omit<MerchantRecord, 'version'>
 export interface TokenStore {
   /** Reads and decrypts; undefined when no record exists. */
   get: (merchantId: string) => Promise<MerchantRecord | undefined>
-  /** Reads the metadata only (no decryption). */
+  /** Reads the metadata only (no decryption), as stored. */
   getMeta: (merchantId: string) => Promise<MerchantMeta | undefined>
+  /** The record's version; undefined when no record exists. */
+  version: (merchantId: string) => Promise<number | undefined>
+  /** The status as of now (an expired refresh token reads as reauthorization_required). */
+  getStatus: (merchantId: string) => Promise<MerchantMeta | undefined>
   /**
    * Writes a whole record. With `expectedVersion` the write only happens if the stored version
    * is still that one; returns the new version, or undefined when another writer won.
@@ -42,7 +47,10 @@ export interface TokenStore {
   markReauthorizationRequired: (merchantId: string, expectedVersion: number) => Promise<number | undefined>
   /** Removes every key of the merchant; false when there was no record. */
   delete: (merchantId: string) => Promise<boolean>
+  /** A page of statuses as of now, with an opaque cursor for the next one. */
   list: (limit: number, cursor?: string) => Promise<{ items: MerchantMeta[], nextCursor: string | null }>
+  /** Counts stored merchants by status as of now (a full SCAN: for metrics, not the request path). */
+  countByStatus: () => Promise<Record<MerchantStatus, number>>
 }
 
 /**
@@ -116,7 +124,8 @@ function decodeCursor (cursor: string): { node: number, scan: string, skip: numb
   return { node: Number(m[1]), scan: m[2], skip: Number(m[3]) }
 }
 
-export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys: RedisKeys): TokenStore {
+export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys: RedisKeys, opts: { now?: () => number } = {}): TokenStore {
+  const now = opts.now ?? Date.now
   defineStoreCommands(redis)
   const cmd = redis as unknown as StoreCommands
   // The cursor names a master by its index, so every replica must order the masters alike:
@@ -151,6 +160,16 @@ export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys
     async getMeta (merchantId) {
       const h = await hgetall(merchantId)
       return h === undefined ? undefined : toMeta(merchantId, h)
+    },
+
+    async version (merchantId) {
+      const v = await storageCall(async () => await redis.hget(keys.merchant(merchantId), 'version'))
+      return v === null ? undefined : Number(v)
+    },
+
+    async getStatus (merchantId) {
+      const meta = await store.getMeta(merchantId)
+      return meta === undefined ? undefined : effectiveStatus(meta, now())
     },
 
     async put (r, expectedVersion) {
@@ -203,10 +222,22 @@ export function createTokenStore (redis: Redis | Cluster, keyRing: KeyRing, keys
         if (ids.length === limit) break
       }
       const metas = await Promise.all(ids.map(async id => await hgetall(id).then(h => h === undefined ? undefined : toMeta(id, h))))
+      const t = now()
       return {
-        items: metas.filter((m): m is MerchantMeta => m !== undefined),
+        items: metas.filter((m): m is MerchantMeta => m !== undefined).map(m => effectiveStatus(m, t)),
         nextCursor: node >= nodes.length ? null : encodeCursor(node, scan, skip)
       }
+    },
+
+    async countByStatus () {
+      const counts: Record<MerchantStatus, number> = { connected: 0, reauthorization_required: 0 }
+      let cursor: string | undefined
+      do {
+        const page = await store.list(500, cursor)
+        for (const m of page.items) counts[m.status]++
+        cursor = page.nextCursor ?? undefined
+      } while (cursor !== undefined)
+      return counts
     }
   }
   return store

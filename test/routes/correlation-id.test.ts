@@ -6,7 +6,7 @@ import { build } from '../helper.js'
 import type { InjectOptions } from 'fastify'
 import type { Logger } from 'pino'
 
-const GENERATED = /^[0-9a-f]{32}$/
+const GENERATED = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
 t.test('correlation ids', async t => {
   const b = await build(t)

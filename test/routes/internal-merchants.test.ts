@@ -162,7 +162,7 @@ t.test('a GET lookup, answered past Fastify, carries the headers of a HEAD answe
   t.equal(head.body, '', 'no body for a HEAD')
   t.equal((JSON.parse(get.body) as { merchant_id: string }).merchant_id, 'm_head')
   t.match(get.headers, {
-    'x-correlation-id': /^[0-9a-f]{32}$/,
+    'x-correlation-id': /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
     'x-content-type-options': 'nosniff',
     'cache-control': 'no-store',
     'content-type': 'application/json; charset=utf-8',
