@@ -4,6 +4,8 @@
 import t, { type Test } from 'tap'
 import { createServer } from 'node:http'
 import { Redis } from 'ioredis'
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
 import { build, onboard, type BuildOptions, type Built, until } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { createKeyRing } from '../../src/key-ring.js'
@@ -147,7 +149,7 @@ t.test('lookup and status shapes', async t => {
   await h.assertNoRefreshTokenLeaked(t, ['m_shape'])
 })
 
-t.test('a GET lookup, answered past Fastify, carries the headers of a HEAD answered through it (real HTTP)', async t => {
+t.test('GET and HEAD lookups take one path: the same headers (real HTTP)', async t => {
   const h = await harness(t)
   await h.onboard('m_head')
   const base = await h.b.app.listen({ host: '127.0.0.1', port: 0 })
@@ -174,6 +176,25 @@ t.test('a GET lookup, answered past Fastify, carries the headers of a HEAD answe
   t.match(get.headers, { connection: 'keep-alive', 'keep-alive': 'timeout=10' })
   t.not(get.headers['x-correlation-id'], head.headers['x-correlation-id'])
   t.equal((await fetchLookup('GET', { 'x-correlation-id': 'pay-lookup-0001' })).headers['x-correlation-id'], 'pay-lookup-0001', 'the caller\'s id')
+})
+
+t.test('an onSend hook added beside the app sees every lookup answer (no route answers past Fastify)', async t => {
+  const seen: Array<{ method: string, status: number, body: string }> = []
+  const h = await harness(t, {
+    routes: fp(async (app: FastifyInstance) => {
+      app.addHook('onSend', async (request, reply, payload) => {
+        if (request.url.endsWith('/access-token')) seen.push({ method: request.method, status: reply.statusCode, body: String(payload) })
+        return payload
+      })
+    })
+  })
+  await h.onboard('m_hooked')
+  const get = await h.lookup('m_hooked')
+  t.equal(get.statusCode, 200)
+  const head = await h.b.app.inject({ method: 'HEAD', url: '/internal/v1/merchants/m_hooked/access-token', headers: h.b.auth })
+  t.equal(head.statusCode, 200)
+  t.same(seen.map(s => `${s.method} ${s.status}`), ['GET 200', 'HEAD 200'], 'the hook saw the GET and the HEAD')
+  t.equal(seen[0].body, get.body, 'and the body the GET sent')
 })
 
 t.test('the lookup body follows the clock and the token', async t => {
