@@ -1,23 +1,29 @@
-// The container image, without Docker: the Dockerfile and docker-compose.yml are checked as text,
-// and the runtime stage is reproduced in a temporary directory (package.json, package-lock.json,
-// dist/, `npm ci --omit=dev`), then started with the compose file's environment: it must become
-// ready with production dependencies only, pass the image's own HEALTHCHECK command, and refuse
-// to start on a bad environment with one line naming the variable and no secret.
+// The container setup, without Docker: the Dockerfile is checked line by line, the compose files
+// with the yaml package, and their environments are fed to loadConfig with the secret files remapped
+// from /run/secrets to the repository (demo) or to files made here (production). The runtime stage
+// is reproduced in a temporary directory (package.json, package-lock.json, dist/,
+// `npm ci --omit=dev`) and started with the demo's compose environment: it must become ready with
+// production dependencies only, pass the image's own HEALTHCHECK command, onboard a merchant
+// through the simulator, and refuse a bad environment with one line naming the variable and no secret.
 import t, { type Test } from 'tap'
 import { spawn, execFileSync } from 'node:child_process'
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { request } from 'undici'
-import { envFor, secrets, startSimulator } from '../helper.js'
+import { parse, parseDocument } from 'yaml'
+import { startSimulator } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { freePort } from '../../src/net-utils.js'
-import { EnvSchema } from '../../src/config.js'
+import { EnvSchema, SECRET_VARIABLES, loadConfig } from '../../src/config.js'
+import { AUTHORIZE_PATH, TOKEN_PATH } from '../../src/simulator/app.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const DEFAULT_SHUTDOWN_GRACE_MS = EnvSchema.properties.SHUTDOWN_GRACE_MS.default as number
+const read = (path: string): string => readFileSync(join(ROOT, path), 'utf8')
 
 // npm ci may download packages: far more than the default per-file timeout.
 t.setTimeout(600_000)
@@ -25,163 +31,96 @@ t.setTimeout(600_000)
 // npm test builds first (pretest); a bare `npx tap` on a fresh clone may not have.
 if (!existsSync(join(ROOT, 'dist', 'src', 'server.js'))) execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' })
 
-// ---- Dockerfile ---------------------------------------------------------------------------
+// ---- Dockerfile: one instruction per line once continuation lines are joined ------------------
 
-interface Instruction { keyword: string, args: string }
-interface Stage { from: string, name: string | undefined, instructions: Instruction[] }
+const dockerfile = read('Dockerfile').replace(/\\\n/g, ' ').split('\n').map(l => l.trim()).filter(l => l !== '' && !l.startsWith('#'))
+const fromLines = dockerfile.flatMap((l, i) => /^FROM\s/i.test(l) ? [i] : [])
+const buildStage = dockerfile.slice(fromLines[0], fromLines[1])
+const runtimeStage = dockerfile.slice(fromLines.at(-1))
+/** The arguments of every `KEYWORD …` line of a stage. */
+const args = (stage: string[], keyword: string): string[] => stage.filter(l => l.startsWith(`${keyword} `)).map(l => l.slice(keyword.length + 1).trim())
+const healthcheckCommand = (): string[] => JSON.parse(args(runtimeStage, 'HEALTHCHECK').at(-1)?.replace(/^.*?\bCMD\s+/, '') ?? 'null') as string[]
 
-function parseDockerfile (text: string): Stage[] {
-  const logical: string[] = []
-  let pending = ''
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd()
-    if (/^\s*#/.test(line) || (line.trim() === '' && pending === '')) continue
-    if (line.endsWith('\\')) {
-      pending += line.slice(0, -1) + ' '
-      continue
-    }
-    logical.push((pending + line).trim())
-    pending = ''
-  }
-  if (pending !== '') logical.push(pending.trim())
-  const stages: Stage[] = []
-  for (const line of logical) {
-    const m = /^([A-Za-z]+)\s+(.*)$/.exec(line)
-    if (m === null) throw new Error(`Dockerfile: cannot read ${JSON.stringify(line)}`)
-    const keyword = m[1].toUpperCase()
-    const args = m[2].trim()
-    if (keyword === 'FROM') {
-      const f = /^(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args)
-      if (f === null) throw new Error(`Dockerfile: bad FROM ${args}`)
-      stages.push({ from: f[1], name: f[2], instructions: [] })
-    } else {
-      const stage = stages.at(-1)
-      if (stage === undefined) throw new Error(`Dockerfile: ${keyword} before FROM`)
-      stage.instructions.push({ keyword, args })
-    }
-  }
-  return stages
+// ---- compose files ------------------------------------------------------------------------------
+
+interface Service {
+  build?: unknown
+  command?: string[]
+  environment?: Record<string, string>
+  env_file?: string | string[]
+  secrets?: Array<string | { source: string, target?: string }>
+  ports?: string[]
+  profiles?: string[]
+  depends_on?: Record<string, { condition?: string }>
+  deploy?: { replicas?: number }
+  healthcheck?: { test?: string[], disable?: boolean }
+  stop_grace_period?: string
+  volumes?: string[]
 }
+interface ComposeFile { services: Record<string, Service>, secrets?: Record<string, { file?: string }>, volumes?: Record<string, unknown> }
 
-/** ENV k=v k2="v 2" (or the legacy ENV k v). */
-function envOf (stage: Stage): Record<string, string> {
-  const env: Record<string, string> = {}
-  for (const { args } of stage.instructions.filter(i => i.keyword === 'ENV')) {
-    if (!/^\S+=/.test(args)) {
-      const [k, ...rest] = args.split(/\s+/)
-      env[k] = rest.join(' ')
-      continue
-    }
-    for (const m of args.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)/g)) env[m[1]] = m[2].replace(/^"(.*)"$/, '$1')
-  }
-  return env
-}
+const compose = parse(read('docker-compose.yml')) as ComposeFile
+const PRODUCTION_LAYER = 'deploy/compose.production.yml'
+const productionDoc = parseDocument(read(PRODUCTION_LAYER))
+const production = productionDoc.toJS() as ComposeFile
 
-const execForm = (args: string): unknown => { try { return JSON.parse(args) } catch { return undefined } }
-
-// ---- a YAML subset (block maps and lists, flow lists, quoted and plain scalars) -------------
-
-type Yaml = string | null | Yaml[] | { [key: string]: Yaml }
-interface YLine { indent: number, text: string, n: number }
-
-function unquote (s: string): string {
-  if (s.startsWith('"') && s.endsWith('"') && s.length >= 2) return JSON.parse(s) as string
-  if (s.startsWith("'") && s.endsWith("'") && s.length >= 2) return s.slice(1, -1).replace(/''/g, "'")
-  return s
-}
-
-function scalar (s: string, n: number): Yaml {
-  if (s.startsWith('[')) {
-    if (!s.endsWith(']')) throw new Error(`yaml line ${n}: unterminated flow list`)
-    const inner = s.slice(1, -1).trim()
-    if (inner === '') return []
-    const items = inner.match(/"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^,\s][^,]*/g) ?? []
-    return items.map(i => unquote(i.trim()))
-  }
-  if (s.startsWith('{') || s.startsWith('&') || s.startsWith('*') || s.startsWith('|') || s.startsWith('>')) {
-    throw new Error(`yaml line ${n}: unsupported syntax ${s}`)
-  }
-  return unquote(s)
-}
-
-function stripComment (line: string): string {
-  let quote: string | undefined
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i]
-    if (quote !== undefined) { if (c === quote) quote = undefined; continue }
-    if (c === '"' || c === "'") quote = c
-    else if (c === '#' && (i === 0 || line[i - 1] === ' ')) return line.slice(0, i)
-  }
-  return line
-}
-
-function parseYaml (text: string): Yaml {
-  const lines: YLine[] = []
-  for (const [i, raw] of text.split('\n').entries()) {
-    if (raw.includes('\t')) throw new Error(`yaml line ${i + 1}: tab`)
-    const body = stripComment(raw).trimEnd()
-    if (body.trim() === '') continue
-    lines.push({ indent: body.length - body.trimStart().length, text: body.trim(), n: i + 1 })
-  }
-  let pos = 0
-  function block (indent: number): Yaml {
-    const first = lines[pos]
-    if (first.text === '-' || first.text.startsWith('- ')) {
-      const list: Yaml[] = []
-      while (pos < lines.length && lines[pos].indent === indent && (lines[pos].text === '-' || lines[pos].text.startsWith('- '))) {
-        const { text, n } = lines[pos++]
-        const item = text.slice(1).trim()
-        if (item === '') list.push(pos < lines.length && lines[pos].indent > indent ? block(lines[pos].indent) : null)
-        else if (/^[^"'[][^:]*:(\s|$)/.test(item)) throw new Error(`yaml line ${n}: maps inside lists are not supported`)
-        else list.push(scalar(item, n))
-      }
-      return list
-    }
-    const map: Record<string, Yaml> = {}
-    while (pos < lines.length && lines[pos].indent === indent) {
-      const { text, n } = lines[pos++]
-      const m = /^("[^"]*"|'[^']*'|[^\s"'][^:]*?):(?:\s+(.*))?$/.exec(text)
-      if (m === null) throw new Error(`yaml line ${n}: expected key: value, got ${text}`)
-      const key = unquote(m[1])
-      if (key in map) throw new Error(`yaml line ${n}: duplicate key ${key}`)
-      if (m[2] !== undefined && m[2] !== '') map[key] = scalar(m[2], n)
-      else map[key] = pos < lines.length && lines[pos].indent > indent ? block(lines[pos].indent) : null
-    }
-    if (pos < lines.length && lines[pos].indent > indent) throw new Error(`yaml line ${lines[pos].n}: unexpected indentation`)
-    return map
-  }
-  const doc = block(0)
-  if (pos !== lines.length) throw new Error(`yaml line ${lines[pos].n}: unexpected dedent`)
-  return doc
-}
-
-const asMap = (y: Yaml | undefined, what: string): Record<string, Yaml> => {
-  if (y === null || y === undefined || typeof y === 'string' || Array.isArray(y)) throw new Error(`${what} is not a mapping`)
-  return y
-}
-const words = (y: Yaml | undefined): string[] => typeof y === 'string' ? y.split(/\s+/) : Array.isArray(y) ? y.map(String) : []
-const after = (list: string[], flag: string): string | undefined => { const i = list.indexOf(flag); return i < 0 ? undefined : list[i + 1] }
+const after = (list: string[] | undefined, flag: string): string | undefined => { const i = list?.indexOf(flag) ?? -1; return i < 0 ? undefined : list?.[i + 1] }
 
 function durationMs (s: string): number {
-  let ms = 0
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/g
   if (!/^((\d+(?:\.\d+)?)(ms|s|m|h))+$/.test(s)) return NaN
-  for (const m of s.matchAll(re)) ms += Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h']
+  let ms = 0
+  for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) ms += Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h']
   return ms
+}
+
+/** The host ports a service publishes for a container port ("[ip:]host[-end]:container"). */
+function hostPorts (service: Service, containerPort: string): number[] {
+  const ports: number[] = []
+  for (const p of service.ports ?? []) {
+    const m = /^(?:[\d.]+:)?(\d+)(?:-(\d+))?:(\d+)$/.exec(p)
+    if (m === null || m[3] !== containerPort) continue
+    for (let port = Number(m[1]); port <= Number(m[2] ?? m[1]); port++) ports.push(port)
+  }
+  return ports
+}
+
+const mountedSecrets = (service: Service): string[] => (service.secrets ?? []).map(s => typeof s === 'string' ? s : (s.target ?? s.source))
+
+/** Each NAME_FILE of a service as [variable, secret name]; a path outside /run/secrets/ fails the test. */
+function fileVariables (t: Test, where: string, service: Service, declared: Record<string, { file?: string }>): Array<[string, string]> {
+  const found: Array<[string, string]> = []
+  for (const [name, value] of Object.entries(service.environment ?? {}).filter(([k]) => k.endsWith('_FILE'))) {
+    const secret = /^\/run\/secrets\/([A-Za-z0-9_.-]+)$/.exec(value)?.[1]
+    t.ok(secret !== undefined, `${where}: ${name} is a path under /run/secrets/ (${value})`)
+    if (secret === undefined) continue
+    t.ok(mountedSecrets(service).includes(secret), `${where}: ${name} → secret ${secret}, mounted by the service`)
+    t.ok(declared[secret]?.file !== undefined, `${where}: secret ${secret} is declared with a file`)
+    found.push([name, secret])
+  }
+  return found
+}
+
+/** The demo broker's environment, runnable here: each NAME_FILE names its file in deploy/demo-secrets/. */
+function demoEnv (t: Test): Record<string, string> {
+  const { broker } = compose.services
+  const declared = compose.secrets ?? {}
+  const env = { ...broker.environment }
+  for (const [name, secret] of fileVariables(t, 'broker', broker, declared)) env[name] = join(ROOT, declared[secret]?.file ?? '')
+  return env
 }
 
 // ---- running the runtime stage --------------------------------------------------------------
 
 interface Run { code: number | null, stdout: string, stderr: string }
 
-async function run (cmd: string, args: string[], opts: { cwd: string, env: Record<string, string | undefined>, timeoutMs: number }): Promise<Run> {
+async function run (cmd: string, argv: string[], opts: { cwd: string, env: Record<string, string | undefined>, timeoutMs: number }): Promise<Run> {
   return await new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(cmd, argv, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     p.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
     p.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
-    const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`${cmd} ${args.join(' ')}: still running after ${opts.timeoutMs} ms\n${stdout}${stderr}`)) }, opts.timeoutMs)
+    const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`${cmd} ${argv.join(' ')}: still running after ${opts.timeoutMs} ms\n${stdout}${stderr}`)) }, opts.timeoutMs)
     p.once('error', reject)
     p.once('exit', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
   })
@@ -202,125 +141,188 @@ async function runtimeDir (): Promise<string> {
   return dir
 }
 
-/** The compose file's environment for the broker, pointed at a private Redis and the simulator. */
-async function composeEnv (t: Test): Promise<{ env: Record<string, string>, s: ReturnType<typeof secrets> }> {
+/**
+ * The demo's compose environment for the broker, with what only exists inside compose moved to
+ * this machine: a private Redis, a local simulator registered like the compose one, a free port.
+ */
+async function composeEnv (t: Test): Promise<{ env: Record<string, string>, demoSecrets: string[] }> {
   const redis = await startRedis(t)
-  const s = secrets()
-  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
   const port = await freePort()
-  const env = envFor(s, redis.url, sim.url, {
-    NODE_ENV: 'production',
+  const base = `http://127.0.0.1:${port}`
+  const simEnv = compose.services.simulator.environment ?? {}
+  const sim = await startSimulator(t, { clientId: simEnv.CYBS_CLIENT_ID, clientSecret: simEnv.CYBS_CLIENT_SECRET, redirectUrl: `${base}/oauth/callback` })
+  const env: Record<string, string> = {
+    ...demoEnv(t),
     // Every server in the tests binds loopback; the image itself sets 0.0.0.0.
     HOST: '127.0.0.1',
     PORT: String(port),
-    PUBLIC_BASE_URL: `http://127.0.0.1:${port}`
+    PUBLIC_BASE_URL: base,
+    REDIS_URL: redis.url,
+    CYBS_AUTHORIZE_URL: `${sim.url}${AUTHORIZE_PATH}`,
+    CYBS_TOKEN_URL: `${sim.url}${TOKEN_PATH}`
+  }
+  const demoSecrets = SECRET_VARIABLES.flatMap(name => {
+    const path = env[`${name}_FILE`]
+    if (path === undefined) return []
+    return readFileSync(path, 'utf8').trim().split(',').map(item => item.slice(item.indexOf(':') + 1))
   })
-  return { env, s }
+  return { env, demoSecrets }
 }
 
-const secretValues = (s: ReturnType<typeof secrets>): Record<string, string> => ({
-  clientSecret: s.clientSecret, apiSecret: s.apiSecret, otherApiSecret: s.otherApiSecret, encryptionKey: s.encryptionKey
-})
+const leaked = (output: string, secrets: string[]): string[] => secrets.filter(s => output.includes(s))
 
 // ---- tests ----------------------------------------------------------------------------------
 
-t.test('Dockerfile: multi-stage, production dependencies, non-root, tini, health check, CMD', async t => {
-  const stages = parseDockerfile(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'))
-  t.ok(stages.length >= 2, `multi-stage build (${stages.length} stages)`)
-  const build = stages[0]
-  const runtime = stages.at(-1) as Stage
-  t.ok(build.name !== undefined, 'the build stage is named')
-  for (const stage of stages) {
-    const major = Number(/^node:(\d+)/.exec(stage.from)?.[1])
-    t.ok(major >= 20, `${stage.name ?? stage.from}: a Node ${major} base image (engines: >=20)`)
-  }
-  const runs = (s: Stage): string[] => s.instructions.filter(i => i.keyword === 'RUN').map(i => i.args)
-  t.ok(runs(build).some(r => /\bnpm (run build|exec tsc)\b|\btsc\b/.test(r)), 'the build stage compiles')
-  t.ok(runs(runtime).some(r => /\bnpm ci\b[^&;|]*--omit=dev/.test(r)), 'npm ci --omit=dev in the runtime stage')
-  t.notOk(runs(runtime).some(r => /\bnpm (run build|install)\b|\btsc\b/.test(r)), 'the runtime stage neither compiles nor installs dev tools')
-  t.ok(runtime.instructions.some(i => i.keyword === 'COPY' && new RegExp(`--from=${build.name ?? '0'}\\b`).test(i.args) && /\bdist\b/.test(i.args)),
-    'dist/ copied from the build stage')
+t.test('Dockerfile: multi-stage, Node 24, production dependencies, non-root, tini, health check, CMD', async t => {
+  t.ok(fromLines.length >= 2, `multi-stage build (${fromLines.length} stages)`)
+  const nvmrc = read('.nvmrc').trim()
+  for (const i of fromLines) t.match(dockerfile[i], new RegExp(`^FROM node:${nvmrc}-bookworm-slim(\\s|$)`), `${dockerfile[i]}: Node ${nvmrc} as in .nvmrc`)
+  t.match((JSON.parse(read('package.json')) as { engines: { node: string } }).engines.node, `>=${nvmrc}`, 'and as engines requires')
+  const buildName = /\sAS\s+(\S+)$/i.exec(buildStage[0])?.[1]
+  t.ok(buildName !== undefined, 'the build stage is named')
+
+  t.ok(args(buildStage, 'RUN').some(r => /\bnpm (run build|exec tsc)\b|\btsc\b/.test(r)), 'the build stage compiles')
+  const runs = args(runtimeStage, 'RUN')
+  t.ok(runs.some(r => /\bnpm ci\b[^&;|]*--omit=dev/.test(r)), 'npm ci --omit=dev in the runtime stage')
+  t.notOk(runs.some(r => /\bnpm (run build|install)\b|\btsc\b/.test(r)), 'the runtime stage neither compiles nor installs dev tools')
+  const copies = args(runtimeStage, 'COPY')
+  t.ok(copies.some(c => c.includes(`--from=${buildName ?? '0'} `) && /\bdist\b/.test(c)), 'dist/ copied from the build stage')
   // From the build context, the runtime stage takes the package files only (not ., src, test, node_modules).
-  const fromContext = runtime.instructions
-    .filter(i => (i.keyword === 'COPY' || i.keyword === 'ADD') && !/--from=/.test(i.args))
-    .flatMap(i => i.args.split(/\s+/).filter(a => !a.startsWith('--')).slice(0, -1))
+  const fromContext = [...copies, ...args(runtimeStage, 'ADD')].filter(c => !c.includes('--from=')).flatMap(c => c.split(/\s+/).filter(a => !a.startsWith('--')).slice(0, -1))
   t.same(fromContext.filter(src => !['package.json', 'package-lock.json'].includes(src)), [],
     `only package.json and package-lock.json come from the build context (${fromContext.join(', ')})`)
 
-  const env = envOf(runtime)
-  t.equal(env.NODE_ENV, 'production', 'NODE_ENV=production')
-  t.equal(env.HOST, '0.0.0.0', 'HOST=0.0.0.0')
+  const env = args(runtimeStage, 'ENV').join(' ')
+  t.match(env, /(^|\s)NODE_ENV=production(\s|$)/, 'NODE_ENV=production')
+  t.match(env, /(^|\s)HOST=0\.0\.0\.0(\s|$)/, 'HOST=0.0.0.0')
 
-  const users = runtime.instructions.filter(i => i.keyword === 'USER').map(i => i.args)
-  t.ok(users.length > 0, 'a USER in the runtime stage')
-  const user = users.at(-1) ?? ''
-  t.notOk(/^(root|0)(:|$)/.test(user), `non-root user (${user})`)
-  const userIndex = runtime.instructions.findLastIndex(i => i.keyword === 'USER')
-  t.ok(runtime.instructions.slice(userIndex).every(i => i.keyword !== 'RUN'), 'nothing runs as root after USER')
+  const userLine = runtimeStage.findLastIndex(l => l.startsWith('USER '))
+  t.ok(userLine > 0, 'a USER in the runtime stage')
+  t.notMatch(runtimeStage[userLine] ?? '', /^USER\s+(root|0)(:|\s|$)/, `non-root user (${runtimeStage[userLine]})`)
+  t.notOk(runtimeStage.slice(userLine).some(l => l.startsWith('RUN ')), 'nothing runs as root after USER')
 
-  const entrypoint = execForm(runtime.instructions.findLast(i => i.keyword === 'ENTRYPOINT')?.args ?? '')
-  t.ok(Array.isArray(entrypoint), 'ENTRYPOINT in exec form')
-  t.match(String((entrypoint as string[] | undefined)?.[0]), /(^|\/)tini$/, 'tini is the init process')
-  t.ok(runs(runtime).some(r => /\btini\b/.test(r)), 'and it is installed')
+  t.match(args(runtimeStage, 'ENTRYPOINT').at(-1), /^\["(?:[^"]*\/)?tini",/, 'ENTRYPOINT in exec form, tini is the init process')
+  t.ok(runs.some(r => /\btini\b/.test(r)), 'and it is installed')
 
-  const health = runtime.instructions.findLast(i => i.keyword === 'HEALTHCHECK')?.args ?? ''
-  t.match(health, /\bCMD\b/, 'a HEALTHCHECK command')
-  t.match(health, /\/health\/ready\b/, 'HEALTHCHECK on /health/ready')
-
-  t.same(execForm(runtime.instructions.findLast(i => i.keyword === 'CMD')?.args ?? ''), ['node', 'dist/src/server.js'], 'CMD ["node", "dist/src/server.js"]')
+  t.match(args(runtimeStage, 'HEALTHCHECK').at(-1), /\bCMD\b.*\/health\/ready\b/, 'HEALTHCHECK on /health/ready')
+  t.ok(Array.isArray(healthcheckCommand()), 'HEALTHCHECK CMD in exec form')
+  t.same(JSON.parse(args(runtimeStage, 'CMD').at(-1) ?? 'null'), ['node', 'dist/src/server.js'], 'CMD ["node", "dist/src/server.js"]')
   t.ok(existsSync(join(ROOT, 'dist', 'src', 'server.js')), 'the CMD file is what the build produces')
+
+  const ignored = read('.dockerignore').split('\n').map(l => l.trim())
+  t.same(['secrets', 'deploy'].filter(d => !ignored.includes(d)), [], 'secret folders stay out of the build context')
 })
 
 t.test('docker-compose.yml: Redis append-only on a volume with a health check, broker waits for it, simulator profile', async t => {
-  const doc = asMap(parseYaml(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')), 'the compose file')
-  const services = asMap(doc.services, 'services')
-  const redis = asMap(services.redis, 'services.redis')
-  const command = words(redis.command)
-  t.equal(after(command, '--appendonly'), 'yes', 'appendonly yes')
-  t.equal(after(command, '--appendfsync'), 'everysec', 'appendfsync everysec')
-  const volumes = Object.keys(doc.volumes === null || doc.volumes === undefined ? {} : asMap(doc.volumes, 'volumes'))
-  const mounts = words(redis.volumes).filter(v => v.endsWith(':/data'))
+  const { redis, broker, simulator } = compose.services
+  t.equal(after(redis.command, '--appendonly'), 'yes', 'appendonly yes')
+  t.equal(after(redis.command, '--appendfsync'), 'everysec', 'appendfsync everysec')
+  const mounts = (redis.volumes ?? []).filter(v => v.endsWith(':/data'))
   t.equal(mounts.length, 1, 'a volume on /data')
-  t.ok(volumes.includes(mounts[0]?.split(':')[0] ?? ''), `a named volume (${mounts[0] ?? 'none'}; declared: ${volumes.join(', ')})`)
-  const healthcheck = asMap(redis.healthcheck, 'services.redis.healthcheck')
-  t.ok(words(healthcheck.test).length > 0 && healthcheck.disable !== 'true', 'redis has a health check')
-  t.match(words(healthcheck.test).join(' '), /redis-cli.*ping/)
+  t.ok(Object.keys(compose.volumes ?? {}).includes(mounts[0]?.split(':')[0] ?? ''), `a named volume (${mounts[0] ?? 'none'})`)
+  t.match(redis.healthcheck?.test?.join(' '), /redis-cli.*ping/, 'redis has a health check')
   t.equal(redis.profiles, undefined, 'redis starts by default')
 
-  const broker = asMap(services.broker, 'services.broker')
-  t.equal(asMap(asMap(broker.depends_on, 'broker.depends_on').redis, 'broker.depends_on.redis').condition, 'service_healthy',
-    'the broker waits for redis to be healthy')
+  t.equal(broker.depends_on?.redis?.condition, 'service_healthy', 'the broker waits for redis to be healthy')
   t.equal(broker.profiles, undefined, 'the broker starts by default')
-  const brokerEnv = asMap(broker.environment, 'broker.environment')
-  t.match(brokerEnv.REDIS_URL, /^redis:\/\/redis:\d+$/, 'the broker uses the redis service')
-  t.equal(brokerEnv.HOST, '0.0.0.0')
-  if (typeof broker.stop_grace_period === 'string') {
-    t.ok(durationMs(broker.stop_grace_period) > DEFAULT_SHUTDOWN_GRACE_MS,
-      `stop_grace_period (${broker.stop_grace_period}) leaves SHUTDOWN_GRACE_MS (${DEFAULT_SHUTDOWN_GRACE_MS} ms) time to finish`)
+  t.match(broker.environment?.REDIS_URL, /^redis:\/\/redis:\d+$/, 'the broker uses the redis service')
+  t.equal(broker.environment?.HOST, '0.0.0.0', 'the broker listens beyond its own loopback')
+  t.ok(durationMs(broker.stop_grace_period ?? '10s') > DEFAULT_SHUTDOWN_GRACE_MS,
+    `stop_grace_period (${broker.stop_grace_period ?? 'compose default 10s'}) leaves SHUTDOWN_GRACE_MS (${DEFAULT_SHUTDOWN_GRACE_MS} ms) time to finish`)
+
+  t.same(simulator.profiles, ['simulator'], 'the simulator runs under the simulator profile')
+  t.equal(simulator.command?.[0], 'node', 'the simulator runs from the same image')
+  t.ok(existsSync(join(ROOT, simulator.command?.[1] ?? 'missing')), `the simulator's entry point exists in the build (${simulator.command?.[1]})`)
+})
+
+t.test('the simulator profile is a working demo with no edits', async t => {
+  const { broker, simulator } = compose.services
+  const env = broker.environment ?? {}
+  const simEnv = simulator.environment ?? {}
+  t.equal(env.CYBS_ENVIRONMENT, 'simulator', 'the broker talks to the simulator')
+
+  const [brokerPort] = hostPorts(broker, env.PORT ?? '3000')
+  t.equal(env.PUBLIC_BASE_URL, `http://127.0.0.1:${brokerPort}`, 'PUBLIC_BASE_URL is the port the broker publishes')
+  t.ok((broker.deploy?.replicas ?? 1) <= hostPorts(broker, env.PORT ?? '3000').length, 'a published port for every replica')
+  const simPort = simEnv.SIMULATOR_PORT ?? '4010'
+  const [simHostPort] = hostPorts(simulator, simPort)
+  t.equal(env.CYBS_AUTHORIZE_URL, `http://127.0.0.1:${simHostPort}${AUTHORIZE_PATH}`, 'the browser reaches the consent page on the published port')
+  t.equal(env.CYBS_TOKEN_URL, `http://simulator:${simPort}${TOKEN_PATH}`, 'the broker reaches the token endpoint by service name')
+  t.equal(simEnv.SIMULATOR_HOST, '0.0.0.0', 'the simulator listens beyond its own loopback')
+  t.match(simulator.healthcheck?.test?.join(' '), `http://127.0.0.1:${simPort}/__sim/`, "the simulator's health check asks the simulator")
+
+  t.same(fileVariables(t, 'broker', broker, compose.secrets ?? {}).map(([name]) => name).sort(),
+    ['CYBS_CLIENT_SECRET_FILE', 'INTERNAL_API_KEYS_FILE', 'TOKEN_ENCRYPTION_KEYS_FILE'], 'every secret comes from a file')
+  for (const [name, { file }] of Object.entries(compose.secrets ?? {})) {
+    t.match(file, /^\.\/deploy\/demo-secrets\/[^/]+$/, `${name}: a demo file under deploy/demo-secrets/`)
   }
 
-  const simulator = asMap(services.simulator, 'services.simulator')
-  t.same(words(simulator.profiles), ['simulator'], 'the simulator runs under the simulator profile')
-  const simCommand = words(simulator.command)
-  t.equal(simCommand[0], 'node')
-  t.ok(existsSync(join(ROOT, simCommand[1] ?? 'missing')), `the simulator's entry point exists in the build (${simCommand[1]})`)
+  const config = loadConfig(demoEnv(t))
+  t.equal(config.cybs.environment, 'simulator', 'loadConfig accepts the demo environment')
+  t.equal(config.cybs.clientId, simEnv.CYBS_CLIENT_ID, 'the simulator knows the broker as its client')
+  t.equal(config.cybs.clientSecret, simEnv.CYBS_CLIENT_SECRET, 'with the secret of the demo file')
+  t.equal(config.cybs.redirectUrl, simEnv.CYBS_REDIRECT_URL, 'and its redirect URL')
+  t.same(config.encryptionKeys.map(k => k.kid), ['demo'], 'the demo encryption key')
+  t.same(config.internalApiKeys.map(k => k.caller), ['demo'], 'the demo internal API caller')
 })
 
-t.test('the YAML subset parser reads what it claims and rejects the rest', async t => {
-  t.same(parseYaml('a:\n  b: "x: y" # c\n  c: [ "p", q ]\n  d:\n    - 1\n    - \'two\'\ne:\n'), { a: { b: 'x: y', c: ['p', 'q'], d: ['1', 'two'] }, e: null })
-  t.throws(() => parseYaml('a: 1\na: 2\n'), /duplicate/)
-  t.throws(() => parseYaml('a: &x 1\n'), /unsupported/)
-  t.throws(() => parseYaml('a:\n  - b: 1\n'), /not supported/)
-  t.throws(() => parseYaml('a: 1\n   b: 2\n'), /indentation|dedent/)
+t.test(`${PRODUCTION_LAYER}: the operator's .env and secret files replace the demo's`, async t => {
+  t.same(productionDoc.errors, [], 'valid YAML')
+  t.same(productionDoc.warnings.map(w => w.message).filter(m => !/^Unresolved tag: !(override|reset)\b/.test(m)), [], 'only compose tags unknown to YAML')
+  const broker = production.services.broker
+  for (const key of ['environment', 'secrets', 'ports']) {
+    t.equal((productionDoc.getIn(['services', 'broker', key], true) as { tag?: string } | undefined)?.tag, '!override', `${key}: !override, not merged with the demo's`)
+  }
+  t.equal(broker.env_file, '.env', 'the settings come from .env')
+  for (const name of ['CYBS_ENVIRONMENT', 'CYBS_AUTHORIZE_URL', 'CYBS_TOKEN_URL', 'CYBS_CLIENT_ID', 'PUBLIC_BASE_URL']) {
+    t.notOk(name in (broker.environment ?? {}), `${name} comes from .env`)
+  }
+  t.ok((broker.deploy?.replicas ?? 1) <= hostPorts(broker, broker.environment?.PORT ?? '3000').length, 'a published port for every replica')
+  t.notOk(mountedSecrets(broker).some(s => s.startsWith('demo_')), 'no demo secret')
+
+  const example = read('.env.example')
+  const set = Object.fromEntries([...example.matchAll(/^([A-Z][A-Z0-9_]*)=(.*)$/gm)].map(m => [m[1], m[2]]))
+  t.same(set.COMPOSE_FILE?.split(':'), ['docker-compose.yml', PRODUCTION_LAYER], '.env.example selects the production layer')
+  const known = [...Object.keys(EnvSchema.properties), ...SECRET_VARIABLES.map(s => `${s}_FILE`), 'COMPOSE_FILE', 'SECRETS_DIR']
+  const mentioned = [...example.matchAll(/^#?\s?([A-Z][A-Z0-9_]*)=/gm)].map(m => m[1])
+  t.same(mentioned.filter(name => !known.includes(name)), [], '.env.example names only variables the broker or compose knows')
+  t.same(SECRET_VARIABLES.filter(name => name !== 'REDIS_URL' && name in set), [], 'and sets no secret inline')
+
+  // The operator's side, made here: .env.example filled in, and the files SECRETS_DIR must hold.
+  const dir = mkdtempSync(join(tmpdir(), 'cybs-secrets-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', join(dir, 'key'), '-out', join(dir, 'cert'), '-days', '1', '-subj', '/CN=compose production test'], { stdio: 'pipe' })
+  const contents: Record<string, string> = {
+    CYBS_CLIENT_SECRET_FILE: `cs-${randomBytes(12).toString('hex')}\n`,
+    CYBS_CLIENT_CERT_FILE: readFileSync(join(dir, 'cert'), 'utf8'),
+    CYBS_CLIENT_KEY_FILE: readFileSync(join(dir, 'key'), 'utf8'),
+    TOKEN_ENCRYPTION_KEYS_FILE: `k1:${randomBytes(32).toString('base64')}\n`,
+    INTERNAL_API_KEYS_FILE: `portal:${randomBytes(24).toString('hex')}\n`
+  }
+  const declared = production.secrets ?? {}
+  const env: Record<string, string> = { ...set, CYBS_CLIENT_ID: 'partner-app', ...broker.environment }
+  for (const [name, secret] of fileVariables(t, 'production broker', broker, declared)) {
+    const file = declared[secret]?.file ?? ''
+    t.match(file, /^\$\{SECRETS_DIR(:\?[^}]*)?\}\/[^/]+$/, `${secret}: a file in SECRETS_DIR`)
+    const path = join(dir, file.slice(file.indexOf('}/') + 2))
+    writeFileSync(path, contents[name] ?? '')
+    env[name] = path
+  }
+  t.same(Object.keys(contents).filter(name => !(name in env)), [], 'every file the broker needs is mounted')
+  const config = loadConfig(env)
+  t.equal(config.cybs.environment, set.CYBS_ENVIRONMENT, 'loadConfig accepts .env.example filled in with the mounted files')
+  t.ok(config.cybs.tls.cert !== undefined && config.cybs.tls.key !== undefined, 'mutual TLS from the mounted files')
+  t.same(config.redis, { mode: 'standalone', url: 'redis://redis:6379' }, 'the redis service')
 })
 
-t.test('the runtime stage outside Docker: production dependencies only, ready, HEALTHCHECK passes', async t => {
+t.test('the runtime stage outside Docker, with the demo environment: ready, HEALTHCHECK passes, a merchant onboards', async t => {
   const dir = await runtimeDir()
   t.notOk(existsSync(join(dir, 'node_modules', 'typescript')), 'no dev dependency installed (typescript)')
   t.notOk(existsSync(join(dir, 'node_modules', 'tap')), 'no dev dependency installed (tap)')
   t.ok(existsSync(join(dir, 'node_modules', 'fastify')), 'production dependencies installed')
 
-  const { env, s } = await composeEnv(t)
+  const { env, demoSecrets } = await composeEnv(t)
   const base = `http://127.0.0.1:${env.PORT}`
   // Only PATH from this process: no NODE_PATH or anything else that could reach the dev tree.
   const proc = spawn(process.execPath, ['dist/src/server.js'], { cwd: dir, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -343,22 +345,33 @@ t.test('the runtime stage outside Docker: production dependencies only, ready, H
   t.equal(live.statusCode, 200, '/health/live → 200')
 
   // The image's own HEALTHCHECK command, run as Docker would run it (inside the container).
-  const stages = parseDockerfile(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'))
-  const health = stages.at(-1)?.instructions.findLast(i => i.keyword === 'HEALTHCHECK')?.args ?? ''
-  const cmd = execForm(health.replace(/^.*?\bCMD\s+/, '')) as string[] | undefined
-  t.ok(Array.isArray(cmd) && cmd.length > 0, 'HEALTHCHECK CMD in exec form')
-  if (Array.isArray(cmd)) {
-    const [bin, ...args] = cmd
-    const check = await run(bin === 'node' ? process.execPath : bin, args, { cwd: dir, env: { PATH: process.env.PATH ?? '', ...env }, timeoutMs: 10_000 })
-    t.equal(check.code, 0, `the HEALTHCHECK passes while ready ${check.stderr}`)
-  }
+  const [bin, ...argv] = healthcheckCommand()
+  const healthcheck = async (): Promise<Run> => await run(bin === 'node' ? process.execPath : bin, argv, { cwd: dir, env: { PATH: process.env.PATH ?? '', ...env }, timeoutMs: 10_000 })
+  const check = await healthcheck()
+  t.equal(check.code, 0, `the HEALTHCHECK passes while ready ${check.stderr}`)
 
-  // A request that needs production dependencies beyond the health routes (undici, swagger).
+  // The demo as a browser goes through it: connect, the simulator's Allow, the callback.
   const connect = await request(`${base}/oauth/connect`)
   await connect.body.dump()
-  t.equal(connect.statusCode, 302)
-  t.match(String(connect.headers.location), `${env.CYBS_AUTHORIZE_URL}?`)
-  const docs = await request(`${base}/docs/json`, { headers: { authorization: `Bearer ${s.apiSecret}` } })
+  t.equal(connect.statusCode, 302, '/oauth/connect redirects to the consent page')
+  const authorize = new URL(String(connect.headers.location))
+  t.equal(`${authorize.origin}${authorize.pathname}`, env.CYBS_AUTHORIZE_URL, 'on CYBS_AUTHORIZE_URL')
+  const cookie = [connect.headers['set-cookie'] ?? []].flat().map(c => c.split(';')[0]).join('; ')
+  const allow = await request(env.CYBS_AUTHORIZE_URL, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ ...Object.fromEntries(authorize.searchParams), merchant_id: 'demo_merchant', decision: 'allow' }).toString()
+  })
+  await allow.body.dump()
+  t.equal(allow.statusCode, 302, 'the simulator accepts the broker as its registered client')
+  const callback = await request(String(allow.headers.location), { headers: { cookie } })
+  await callback.body.dump()
+  t.equal(callback.statusCode, 200, 'the callback stores the merchant')
+  const bearer = `Bearer ${readFileSync(env.INTERNAL_API_KEYS_FILE, 'utf8').trim().split(':')[1]}`
+  const lookup = await request(`${base}/internal/v1/merchants/demo_merchant/access-token`, { headers: { authorization: bearer } })
+  const token = await lookup.body.json() as { access_token?: string }
+  t.equal(lookup.statusCode, 200, 'the demo caller gets an access token')
+  const docs = await request(`${base}/docs/json`, { headers: { authorization: bearer } })
   t.equal(docs.statusCode, 200, 'the OpenAPI document')
   await docs.body.dump()
 
@@ -366,32 +379,32 @@ t.test('the runtime stage outside Docker: production dependencies only, ready, H
   t.equal(await exited, 0, 'exits 0 on SIGTERM')
   t.notOk(output.includes('\u001b['), 'no colours: production logs are plain JSON')
   t.ok(output.split('\n').filter(l => l !== '').every(l => l.startsWith('{')), 'every output line is a JSON log line')
-  t.same(Object.entries(secretValues(s)).filter(([, v]) => output.includes(v)).map(([k]) => k), [], 'no secret in the output')
+  t.same(leaked(output, [...demoSecrets, token.access_token ?? 'no token']), [], 'no secret in the output')
 
-  if (Array.isArray(cmd)) {
-    const [bin, ...args] = cmd
-    const check = await run(bin === 'node' ? process.execPath : bin, args, { cwd: dir, env: { PATH: process.env.PATH ?? '', ...env }, timeoutMs: 10_000 })
-    t.not(check.code, 0, 'the HEALTHCHECK fails once the service is gone')
-  }
+  t.not((await healthcheck()).code, 0, 'the HEALTHCHECK fails once the service is gone')
 })
 
 t.test('the runtime stage refuses a bad environment: exit 1, one line naming the variable, no secret', async t => {
   const dir = await runtimeDir()
-  const { env, s } = await composeEnv(t)
+  const { env, demoSecrets } = await composeEnv(t)
+  const without = (...names: string[]): Record<string, string> => Object.fromEntries(Object.entries(env).filter(([k]) => !names.includes(k)))
+  const shortApiSecret = randomBytes(10).toString('hex')
+  const shortKey = randomBytes(18).toString('base64')
+  const apiSecret = randomBytes(24).toString('hex')
   const cases: Array<{ what: string, variable: string, env: Record<string, string> }> = [
-    { what: 'a missing required variable', variable: 'CYBS_CLIENT_ID', env: Object.fromEntries(Object.entries(env).filter(([k]) => k !== 'CYBS_CLIENT_ID')) },
-    { what: 'a malformed secret', variable: 'INTERNAL_API_KEYS', env: { ...env, INTERNAL_API_KEYS: `payments:${s.apiSecret.slice(0, 20)}` } },
-    { what: 'a malformed encryption key', variable: 'TOKEN_ENCRYPTION_KEYS', env: { ...env, TOKEN_ENCRYPTION_KEYS: `k1:${s.encryptionKey.slice(0, 24)}` } }
+    { what: 'a missing required variable', variable: 'CYBS_CLIENT_ID', env: without('CYBS_CLIENT_ID') },
+    { what: 'a malformed secret', variable: 'INTERNAL_API_KEYS', env: { ...without('INTERNAL_API_KEYS_FILE'), INTERNAL_API_KEYS: `payments:${shortApiSecret}` } },
+    { what: 'a malformed encryption key', variable: 'TOKEN_ENCRYPTION_KEYS', env: { ...without('TOKEN_ENCRYPTION_KEYS_FILE'), TOKEN_ENCRYPTION_KEYS: `k1:${shortKey}` } },
+    { what: 'a secret file that is not there', variable: 'CYBS_CLIENT_SECRET_FILE', env: { ...env, CYBS_CLIENT_SECRET_FILE: join(dir, 'no-such-secret') } },
+    { what: 'a secret given both ways', variable: 'INTERNAL_API_KEYS', env: { ...env, INTERNAL_API_KEYS: `payments:${apiSecret}` } }
   ]
   for (const c of cases) {
     const res = await run(process.execPath, ['dist/src/server.js'], { cwd: dir, env: { PATH: process.env.PATH ?? '', ...c.env }, timeoutMs: 20_000 })
     t.equal(res.code, 1, `${c.what}: exit status 1`)
     const lines = res.stderr.split('\n').filter(l => l !== '')
     t.equal(lines.length, 1, `${c.what}: one line on stderr (${res.stderr.trim()})`)
-    t.match(lines[0], c.variable, `${c.what}: the line names ${c.variable}`)
+    t.match(lines[0], new RegExp(`\\b${c.variable}:`), `${c.what}: the line names ${c.variable}`)
     t.equal(res.stdout, '', `${c.what}: nothing on stdout`)
-    const out = res.stdout + res.stderr
-    const values = { ...secretValues(s), shortApiSecret: s.apiSecret.slice(0, 20), shortKey: s.encryptionKey.slice(0, 24) }
-    t.same(Object.entries(values).filter(([, v]) => out.includes(v)).map(([k]) => k), [], `${c.what}: no secret value in the output`)
+    t.same(leaked(res.stdout + res.stderr, [...demoSecrets, shortApiSecret, shortKey, apiSecret]), [], `${c.what}: no secret value in the output`)
   }
 })

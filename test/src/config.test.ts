@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ConfigError, loadConfig, type Config } from '../../src/config.js'
+import { ConfigError, EnvSchema, SECRET_VARIABLES, loadConfig, type Config } from '../../src/config.js'
 
 type Env = Record<string, string | undefined>
 
@@ -451,4 +451,102 @@ t.test('the secret check itself finds a leak', async t => {
   }
   const hypothetical = `INTERNAL_API_KEYS: secret ${'s'.repeat(31)} is too short`
   t.ok(secrets.some(s => hypothetical.includes(s)))
+})
+
+t.test('NAME_FILE: every secret variable may be read from a file', async t => {
+  let n = 0
+  const file = (content: string): string => {
+    const path = join(dir, `secret-${++n}`)
+    writeFileSync(path, content)
+    return path
+  }
+  /** base() with NAME replaced by NAME_FILE pointing at a file holding `content`. */
+  const viaFile = (name: string, content: string, overrides: Env = {}): Env => base({ [name]: undefined, [`${name}_FILE`]: file(content), ...overrides })
+
+  t.test('the list names schema variables, and no NAME_FILE is a schema variable of its own', async t => {
+    const properties = Object.keys(EnvSchema.properties)
+    t.same(SECRET_VARIABLES.filter(name => !properties.includes(name)), [])
+    t.same(SECRET_VARIABLES.filter(name => properties.includes(`${name}_FILE`)), [])
+  })
+
+  t.test('the value comes from the file, for each secret variable', async t => {
+    const apiKeys = `portal:${API_SECRET_2}`
+    const redisUrl = `redis://:${REDIS_PASSWORD}@redis.from-file:6379/1`
+    const values: Record<typeof SECRET_VARIABLES[number], [string, (c: Config) => unknown, unknown]> = {
+      CYBS_CLIENT_SECRET: [`file-${CLIENT_SECRET}`, c => c.cybs.clientSecret, `file-${CLIENT_SECRET}`],
+      CYBS_CLIENT_KEY_PASSPHRASE: [PASSPHRASE, c => c.cybs.tls.passphrase, PASSPHRASE],
+      TOKEN_ENCRYPTION_KEYS: [`k9:${KEY_B}`, c => c.encryptionKeys.map(k => k.kid), ['k9']],
+      INTERNAL_API_KEYS: [apiKeys, c => c.internalApiKeys, [{ caller: 'portal', secret: API_SECRET_2 }]],
+      REDIS_URL: [redisUrl, c => c.redis, { mode: 'standalone', url: redisUrl }]
+    }
+    for (const name of SECRET_VARIABLES) {
+      const [content, pick, expected] = values[name]
+      const overrides = name === 'CYBS_CLIENT_KEY_PASSPHRASE' ? { CYBS_CLIENT_CERT_FILE: CERT, CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY } : {}
+      t.same(pick(loadConfig(viaFile(name, `${content}\n`, overrides))), expected, `${name}_FILE`)
+    }
+  })
+
+  t.test('one trailing newline is dropped, \\n or \\r\\n, and nothing else', async t => {
+    const secretOf = (content: string): string => loadConfig(viaFile('CYBS_CLIENT_SECRET', content)).cybs.clientSecret
+    t.equal(secretOf(CLIENT_SECRET), CLIENT_SECRET, 'no newline')
+    t.equal(secretOf(`${CLIENT_SECRET}\n`), CLIENT_SECRET, '\\n')
+    t.equal(secretOf(`${CLIENT_SECRET}\r\n`), CLIENT_SECRET, '\\r\\n')
+    t.equal(secretOf(`${CLIENT_SECRET}\n\n`), `${CLIENT_SECRET}\n`, 'only one newline')
+    t.equal(secretOf(` ${CLIENT_SECRET} \n`), ` ${CLIENT_SECRET} `, 'spaces are part of the value')
+  })
+
+  t.test('an empty NAME beside NAME_FILE counts as unset', async t => {
+    t.equal(loadConfig(viaFile('CYBS_CLIENT_SECRET', `${CLIENT_SECRET}\n`, { CYBS_CLIENT_SECRET: '' })).cybs.clientSecret, CLIENT_SECRET)
+  })
+
+  for (const name of SECRET_VARIABLES) {
+    t.test(`${name} and ${name}_FILE both set: one line naming ${name}, no secret`, async t => {
+      const env = base({ CYBS_CLIENT_KEY_PASSPHRASE: PASSPHRASE, [`${name}_FILE`]: file(`${base()[name] ?? PASSPHRASE}\n`) })
+      t.match(failsOn(t, env, name), `${name}_FILE`)
+    })
+  }
+
+  t.test('an unusable file: one line naming NAME_FILE, nothing about NAME itself', async t => {
+    const cases: Array<[string, string]> = [
+      ['a missing file', MISSING],
+      ['a directory', dir],
+      ['an empty file', file('')],
+      ['a file with a newline only', file('\n')],
+      ['an empty path', ''],
+      ['a file too large for a secret', file('x'.repeat(64 * 1024 + 1))]
+    ]
+    for (const [title, path] of cases) {
+      t.test(title, async t => {
+        failsOn(t, base({ INTERNAL_API_KEYS: undefined, INTERNAL_API_KEYS_FILE: path }), 'INTERNAL_API_KEYS_FILE')
+      })
+    }
+  })
+
+  t.test('a secret written into NAME_FILE by mistake is not printed', async t => {
+    const mistaken = `${randomBytes(20).toString('hex')}-not-a-path`
+    const line = failsOn(t, base({ CYBS_CLIENT_SECRET: undefined, CYBS_CLIENT_SECRET_FILE: mistaken }), 'CYBS_CLIENT_SECRET_FILE')
+    t.notOk(line.includes(mistaken.slice(0, 12)), `the path is not echoed: ${line}`)
+  })
+
+  t.test('a value from a file is checked like one given inline, and never printed', async t => {
+    const short = `short-from-file-${randomBytes(4).toString('hex')}` // 24 characters
+    const line = failsOn(t, viaFile('INTERNAL_API_KEYS', `portal:${short}\n`), 'INTERNAL_API_KEYS')
+    t.match(line, /shorter than 32/)
+    t.notOk(line.includes(short), 'the secret from the file is not in the line')
+    const redis = failsOn(t, viaFile('REDIS_URL', `http://:${REDIS_PASSWORD}@redis.internal:6379\n`), 'REDIS_URL')
+    t.notOk(redis.includes(REDIS_PASSWORD))
+  })
+
+  t.test('file problems are reported beside schema and structural problems', async t => {
+    const problems = fails(t, base({
+      PORT: 'http',
+      PUBLIC_BASE_URL: 'broker.example.com',
+      TOKEN_ENCRYPTION_KEYS: undefined,
+      TOKEN_ENCRYPTION_KEYS_FILE: MISSING,
+      CYBS_CLIENT_SECRET_FILE: file(`${CLIENT_SECRET}\n`)
+    }))
+    t.same(names(problems), ['CYBS_CLIENT_SECRET', 'PORT', 'PUBLIC_BASE_URL', 'TOKEN_ENCRYPTION_KEYS_FILE'])
+    t.same(names(fails(t, base({ REDIS_URL: undefined, REDIS_URL_FILE: MISSING, STATE_TTL_SECONDS: '0' }))), ['REDIS_URL_FILE', 'STATE_TTL_SECONDS'],
+      'a failed REDIS_URL_FILE is not replaced by the default URL silently')
+  })
 })
