@@ -1,5 +1,5 @@
 // The root error handler: maps domain errors and validation failures to the JSON error shape
-// { error: { code, message, correlation_id } } of SPEC §2 and masks every other 5xx.
+// { error: { code, message, correlation_id } } of docs/api.md and masks every other 5xx.
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 
@@ -14,7 +14,7 @@ export function errorBody (code: string, message: string, correlationId: string)
 
 /** The status and public code/message of any error; never the details of an unexpected one. */
 export function classifyError (err: FastifyError): { status: number, code: string, message: string } {
-  // @fastify/error upper-cases codes; the wire codes of SPEC §2 are lower case.
+  // @fastify/error upper-cases codes; the wire codes (docs/api.md) are lower case.
   const domainCode = typeof err.code === 'string' ? err.code.toLowerCase() : ''
   if (DOMAIN_CODES.has(domainCode)) return { status: err.statusCode ?? 500, code: domainCode, message: err.message }
   if (err.validation !== undefined) return { status: 400, code: 'invalid_request', message: err.message }

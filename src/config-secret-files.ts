@@ -1,4 +1,4 @@
-// NAME_FILE for the secret variables (SPEC §1): the value is read from the file at that path, the
+// NAME_FILE for the secret variables: the value is read from the file at that path, the
 // way Docker and Kubernetes mount secrets, so the secret itself never sits in the environment.
 import { closeSync, openSync, readSync } from 'node:fs'
 import type { Problems } from './config-parsers.js'

@@ -1,4 +1,4 @@
-// The one configuration schema: every environment variable of SPEC §1 (plus a few operational
+// The one configuration schema: every environment variable of docs/configuration.md (plus a few operational
 // knobs), validated once at boot. Nothing else in the code base reads process.env.
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
@@ -39,7 +39,7 @@ export const EnvSchema = Type.Object({
   ONBOARDING_FAILURE_URL: Type.Optional(Str()),
   STATE_TTL_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 600 }),
   CYBS_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
-  // Operational knobs beyond SPEC §1 (documented with the others in docs/configuration.md).
+  // Operational knobs beyond the product contract (documented with the others in docs/configuration.md).
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 30 }),
   RATE_LIMIT_WINDOW_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 60 }),
   INTERNAL_API_DOCS: Type.Boolean({ default: true }),
@@ -50,7 +50,7 @@ export const EnvSchema = Type.Object({
 export type Env = Static<typeof EnvSchema>
 
 /**
- * The variables SPEC §1 calls secret. Each may be given as NAME_FILE instead (the path of a file
+ * The variables the docs call secret (docs/configuration.md). Each may be given as NAME_FILE instead (the path of a file
  * holding the value); those names are not schema properties. A new secret is one more entry here.
  */
 export const SECRET_VARIABLES = [

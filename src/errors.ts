@@ -1,4 +1,4 @@
-// Domain errors with the stable codes of SPEC §2. The root error handler (plugins/errors.ts)
+// Domain errors with the stable codes of docs/api.md. The root error handler (plugins/errors.ts)
 // maps them to { error: { code, message, correlation_id } }.
 import createError from '@fastify/error'
 

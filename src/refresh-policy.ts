@@ -5,7 +5,7 @@ import type { CybsError } from './cybersource/errors.js'
 import { TRANSIENT_OAUTH_ERRORS } from './cybersource/token-client.js'
 import type { MerchantMeta } from './token-store.js'
 
-/** A token handed out is valid for at least this long (SPEC §2). */
+/** A token handed out is valid for at least this long. */
 export const MIN_VALIDITY_MS = 60_000
 /** A token is refreshed in the background once about this share of its lifetime has passed… */
 export const REFRESH_AT_FRACTION = 2 / 3

@@ -55,7 +55,7 @@ export interface TokenStore {
 
 /**
  * A record outlives its refresh token by this much, so that lookups of a merchant whose refresh
- * token expired answer 409 reauthorization_required (SPEC §2) rather than 404.
+ * token expired answer 409 reauthorization_required rather than 404.
  */
 export const RECORD_GRACE_MS = 30 * 24 * 3600 * 1000
 

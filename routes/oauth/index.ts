@@ -1,4 +1,4 @@
-// Browser-facing onboarding routes (SPEC §2): /oauth/connect and /oauth/callback.
+// Browser-facing onboarding routes: /oauth/connect and /oauth/callback.
 // Answers are small HTML pages (src/pages.ts), or redirects to ONBOARDING_SUCCESS_URL / ONBOARDING_FAILURE_URL.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'

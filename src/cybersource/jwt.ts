@@ -1,5 +1,5 @@
 // Reads (does not verify) a JWT payload. CyberSource documents no JWKS, so the claims are
-// trusted on receipt over the mutually authenticated channel (cybersource-oauth.md §4).
+// trusted on receipt over the mutually authenticated channel.
 export function decodeJwtPayload (token: string): Record<string, unknown> | undefined {
   const parts = token.split('.')
   if (parts.length !== 3 || parts[1] === '') return undefined

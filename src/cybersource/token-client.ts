@@ -1,4 +1,4 @@
-// The CyberSource token client: POST /oauth2/v3/token, form body, mutual TLS (cybersource-oauth.md §3).
+// The CyberSource token client: POST /oauth2/v3/token, form body, mutual TLS (docs/architecture.md).
 // The official SDK is not used: its createAccessToken is broken from 0.0.75 on and it logs secrets.
 import { randomUUID } from 'node:crypto'
 import { rootCertificates } from 'node:tls'

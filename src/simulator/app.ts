@@ -1,4 +1,4 @@
-// A CyberSource simulator for the partner OAuth flow (cybersource-oauth.md §2-4): the Business
+// A CyberSource simulator for the partner OAuth flow: the Business
 // Center consent page, POST /oauth2/v3/token, JWT-shaped tokens with a merchant_id claim, optional
 // mutual TLS, and switches for the failures CyberSource produces, in-process and under /__sim/.
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'

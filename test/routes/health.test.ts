@@ -1,4 +1,4 @@
-// /health/live and /health/ready (SPEC §2 Operations): readiness follows Redis through an outage
+// /health/live and /health/ready: readiness follows Redis through an outage
 // (server killed) and a hang (server stopped with SIGSTOP), internal routes answer 503
 // storage_unavailable meanwhile, and everything recovers by itself.
 import t from 'tap'
@@ -57,7 +57,7 @@ t.test('Redis killed: ready 503 with a reason, internal routes 503 storage_unava
   t.equal((await get(b, '/internal/v1/merchants/mid_health_1/access-token', b.auth)).statusCode, 200)
 
   await b.redis.stop()
-  // SPEC: the outage shows within 2 s.
+  // The outage shows within 2 s.
   const down = await pollStatus(b, '/health/ready', 503, 2000)
   t.equal(down.res.statusCode, 503, `ready reflects the outage (after ${down.ms} ms)`)
   t.match(down.res.json(), { status: 'unavailable', reason: /redis/ }, 'with a reason')
@@ -75,7 +75,7 @@ t.test('Redis killed: ready 503 with a reason, internal routes 503 storage_unava
   t.equal(unknown.statusCode, 503, 'a lookup that needs Redis: 503')
   t.equal(errorCode(unknown), 'storage_unavailable')
 
-  // SPEC allows serving a token still cached in memory; anything else must be the 503.
+  // The contract allows serving a token still cached in memory; anything else must be the 503.
   const cached = await get(b, '/internal/v1/merchants/mid_health_1/access-token', b.auth)
   t.ok(cached.statusCode === 200 || (cached.statusCode === 503 && errorCode(cached) === 'storage_unavailable'),
     `cached lookup: 200 or 503 storage_unavailable (got ${cached.statusCode})`)

@@ -1,6 +1,6 @@
 // The internal API's front door: the bearer guard, the audit trail (a line per call, a summary
 // per caller and merchant for successful lookups), merchant id validation,
-// unknown merchants and routes, and onboarding links (SPEC §2 Internal API).
+// unknown merchants and routes, and onboarding links.
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { build, onboard, until, CLIENT_ID, type Built } from '../helper.js'
@@ -19,7 +19,7 @@ const routes = (mid: string): Array<{ method: Method, url: string }> => [
 
 interface ErrorBody { error: { code: string, message: string, correlation_id: string } }
 
-/** Asserts the JSON error shape of SPEC §2 and returns the code. */
+/** Asserts the JSON error shape (docs/api.md) and returns the code. */
 function errorCode (t: Test, res: { statusCode: number, headers: Record<string, unknown>, body: string }, what: string): string {
   t.match(String(res.headers['content-type']), /^application\/json/, `${what}: JSON`)
   const body = JSON.parse(res.body) as ErrorBody

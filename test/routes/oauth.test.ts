@@ -1,4 +1,4 @@
-// GET /oauth/connect and GET /oauth/callback against SPEC §2 (browser-facing): a private Redis, the
+// GET /oauth/connect and GET /oauth/callback (docs/api.md, browser-facing): a private Redis, the
 // simulator over real HTTP, and every response and log line searched for codes, tokens and secrets.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'

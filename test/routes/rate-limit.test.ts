@@ -43,7 +43,7 @@ function assertLimited (t: Test, res: Res, where: string): void {
   t.match(retryAfter, /^\d+$/, `${where}: Retry-After in seconds (${retryAfter})`)
   t.ok(Number(retryAfter) >= 1 && Number(retryAfter) <= WINDOW_SECONDS, `${where}: Retry-After within the window`)
   t.equal(res.headers.location, undefined, `${where}: no redirect to CyberSource`)
-  // SPEC §2: browser-facing routes answer errors with an HTML page (or a redirect), the internal
+  // Browser-facing routes answer errors with an HTML page (or a redirect), the internal
   // API with JSON.
   t.match(String(res.headers['content-type']), /^text\/html/, `${where}: an HTML page for the browser`)
 }

@@ -38,7 +38,7 @@ function base (overrides: Env = {}): Env {
   }
 }
 
-/** Every secret value an env carries, taken from the variables SPEC §1 calls secret. */
+/** Every secret value an env carries, taken from the variables the docs call secret (docs/configuration.md). */
 function secretsOf (env: Env): string[] {
   const secrets = [CLIENT_SECRET, KEY_A, KEY_B, API_SECRET_1, API_SECRET_2, PASSPHRASE, REDIS_PASSWORD]
   const after = (item: string): string => item.includes(':') ? item.slice(item.indexOf(':') + 1) : item

@@ -93,5 +93,5 @@ t.test('classifyRefreshError: only invalid_grant marks the merchant', async t =>
   }
   t.match(classifyRefreshError(new CybsError('unavailable', 'timeout', 'cid')), { outcome: 'unavailable', reauthorize: false })
   t.match(classifyRefreshError(new CybsError('protocol', 'garbage', 'cid', 200)), { outcome: 'protocol', reauthorize: false })
-  t.ok(FAILURE_HOLD_MS > 0 && FAILURE_HOLD_MS <= 2000, 'a failure is held for at most 2 s (SPEC)')
+  t.ok(FAILURE_HOLD_MS > 0 && FAILURE_HOLD_MS <= 2000, 'a failure is held for at most 2 s (docs/api.md)')
 })

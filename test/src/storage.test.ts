@@ -1,4 +1,4 @@
-// SPEC §3 storage invariants, checked on a real Redis after real onboardings and refreshes: no
+// The storage invariants (docs/architecture.md), checked on a real Redis after real onboardings and refreshes: no
 // token, code or secret in plaintext anywhere in Redis, every key under REDIS_KEY_PREFIX,
 // ciphertexts bound to their merchant and field, key rotation; and no secret in the logs.
 import t from 'tap'

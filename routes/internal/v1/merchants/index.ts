@@ -1,4 +1,4 @@
-// /internal/v1/merchants: access-token lookup, status, list, forced refresh, delete (SPEC §2).
+// /internal/v1/merchants: access-token lookup, status, list, forced refresh, delete.
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { AccessToken } from '../../../../src/token-service.js'
