@@ -1,8 +1,7 @@
-// `npm run dev` (SPEC §0): the one-command local demo. A local Redis (a redis-server child with its
+// `npm run dev`: the one-command local demo. A local Redis (a redis-server child with its
 // data in .data/ when none answers at REDIS_URL), the CyberSource simulator in-process, throwaway
 // development keys, and the service. Like server.ts it is a process-level file: it reads
 // process.env, but only to build the environment it hands to loadConfig.
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -13,7 +12,8 @@ import { Redis, ReplyError } from 'ioredis'
 import { ConfigError, loadConfig, type Config } from './config.js'
 import app, { createServer } from './app.js'
 import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator } from './simulator/app.js'
-import { isPortOpen, waitForPort, freePort } from './net-utils.js'
+import { isPortOpen } from './net-utils.js'
+import { RedisServerError, startRedisServer, type RedisServer } from './redis-server.js'
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1'])
 const DEMO_CLIENT_ID = 'demo-client-id'
@@ -106,38 +106,8 @@ async function redisAnswers (url: string): Promise<boolean> {
   }
 }
 
-interface RedisChild { url: string, stop: () => Promise<void>, kill: () => void }
-
-async function startRedisServer (port: number, dataDir: string): Promise<RedisChild> {
-  const logFile = join(dataDir, 'redis.log')
-  const child: ChildProcess = spawn('redis-server', [
-    '--port', String(port), '--bind', '127.0.0.1', '--daemonize', 'no',
-    '--dir', dataDir, '--dbfilename', 'dev-redis.rdb', '--save', '60 1', '--appendonly', 'no',
-    '--logfile', logFile
-    // Own process group: a Ctrl-C in the terminal reaches dev only, which stops Redis last.
-  ], { stdio: 'ignore', detached: true })
-  const failed = new Promise<never>((_resolve, reject) => {
-    child.once('error', (err: NodeJS.ErrnoException) => reject(new DevError(err.code === 'ENOENT'
-      ? 'redis-server is not on the PATH: install it (e.g. apt-get install redis-server, brew install redis) or set REDIS_URL to a running Redis'
-      : `cannot start redis-server: ${err.message}`)))
-    child.once('exit', (code, signal) => reject(new DevError(`redis-server exited at start (${signal ?? `status ${String(code)}`}); see ${logFile}`)))
-  })
-  failed.catch(() => {})
-  await Promise.race([waitForPort(port, true, { timeoutMs: 15_000 }), failed])
-  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') }
-  const stop = async (): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise(resolve => child.once('exit', resolve))
-    child.kill('SIGTERM') // redis saves the dataset on SIGTERM
-    const timer = setTimeout(kill, 5000)
-    await exited
-    clearTimeout(timer)
-  }
-  return { url: `redis://127.0.0.1:${port}`, stop, kill }
-}
-
 /** The REDIS_URL to use, starting a redis-server child when nothing answers at a loopback URL. */
-async function ensureRedis (env: NodeJS.ProcessEnv, dataDir: string): Promise<{ url: string | undefined, child?: RedisChild, note: string }> {
+async function ensureRedis (env: NodeJS.ProcessEnv, dataDir: string): Promise<{ url: string | undefined, child?: RedisServer, note: string }> {
   if (env.REDIS_CLUSTER_NODES !== undefined || env.REDIS_SENTINELS !== undefined) {
     return { url: env.REDIS_URL, note: 'Redis Cluster/Sentinel from the environment' }
   }
@@ -154,13 +124,22 @@ async function ensureRedis (env: NodeJS.ProcessEnv, dataDir: string): Promise<{ 
     process.stderr.write(`dev: nothing answers at REDIS_URL (${where}) and it is not a local redis:// URL; the service starts degraded until it does\n`)
     return { url, note: `Redis at ${where} (not answering)` }
   }
-  let port = parsed.port === '' ? 6379 : Number(parsed.port)
-  // Something that is not Redis holds the port: use a free one instead.
-  if (await isPortOpen(port)) port = await freePort()
-  const child = await startRedisServer(port, dataDir)
+  const wanted = parsed.port === '' ? 6379 : Number(parsed.port)
+  let child: RedisServer
+  try {
+    child = await startRedisServer({
+      // Something that is not Redis holds the port: use a free one instead.
+      port: await isPortOpen(wanted) ? undefined : wanted,
+      dir: dataDir,
+      args: ['--dbfilename', 'dev-redis.rdb', '--save', '60 1', '--appendonly', 'no']
+    })
+  } catch (err) {
+    if (err instanceof RedisServerError) throw new DevError(err.message)
+    throw err
+  }
   parsed.hostname = '127.0.0.1'
-  parsed.port = String(port)
-  return { url: parsed.href, child, note: `redis-server started on 127.0.0.1:${port}, data in ${dataDir}` }
+  parsed.port = String(child.port)
+  return { url: parsed.href, child, note: `redis-server started on 127.0.0.1:${child.port}, data in ${dataDir}` }
 }
 
 // --- Main --------------------------------------------------------------------------------
@@ -201,12 +180,10 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
   warnDevKeys(generated, join(dataDir, 'dev-secrets.json'))
 
   const redis = await ensureRedis(env, dataDir)
-  if (redis.child !== undefined) {
-    const child = redis.child
-    closers.push(child.stop)
-    // Last resort when dev dies without its graceful path (a second Ctrl-C, process.exit).
-    process.once('exit', child.kill)
-  }
+  // Stopped gracefully so that Redis saves; should dev die without its graceful path (a second
+  // Ctrl-C, process.exit), the server dies with it (src/redis-server.ts).
+  const child = redis.child
+  if (child !== undefined) closers.push(async () => { await child.stop(true) })
 
   const simHost = '127.0.0.1'
   const simPort = Number(env.SIMULATOR_PORT ?? 4010)

@@ -1,43 +1,18 @@
-// Private Redis Cluster and Sentinel deployments for tests: real redis-server processes, each on
-// free loopback ports, in its own temporary directory, with no persistence.
-//
-// Every server runs under a small sh wrapper that holds a pipe from this process: the wrapper
-// SIGKILLs its server (and removes its directory) when the pipe closes, that is on kill() in a
-// teardown and also when the test process dies without running its teardowns (tap timeout, crash).
-import { spawn, execFile, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+// Private Redis Cluster and Sentinel deployments for tests: real redis-server processes
+// (src/redis-server.ts), each on free loopback ports, in its own temporary directory, with no
+// persistence, and killed with the test process even when its teardowns do not run.
+import { execFile } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { Redis } from 'ioredis'
-import { freePort, waitForPort } from '../../src/net-utils.js'
+import { freePort } from '../../src/net-utils.js'
+import { startRedisServer } from '../../src/redis-server.js'
 
 const execFileP = promisify(execFile)
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
 export const HOST = '127.0.0.1'
-
-// $1 = directory to remove afterwards; the rest is the redis-server command line. fd 3 is the
-// pipe from the test process: EOF on it (kill(), or the test process gone) kills the server.
-// SIGPIPE is ignored and `wait` is silent: once this process is gone its output pipes are broken,
-// and the wrapper must still get to the cleanup.
-const WRAPPER = `
-trap '' PIPE
-dir="$1"; shift
-exec 3<&0
-redis-server "$@" </dev/null &
-pid=$!
-( read -r _ <&3; kill -9 "$pid" 2>/dev/null ) </dev/null &
-watcher=$!
-exec 3<&-
-wait "$pid" 2>/dev/null
-status=$?
-kill "$watcher" 2>/dev/null
-[ -n "$dir" ] && rm -rf -- "$dir"
-exit "$status"
-`
 
 export interface RedisProcess {
   port: number
@@ -50,68 +25,21 @@ export interface RedisProcess {
 }
 
 interface LaunchOptions {
-  /** redis-server arguments for a given port and directory (written files go in `dir`). */
-  args: (port: number, dir: string) => string[]
+  /** redis-server arguments beyond the port, address and directory. */
+  args?: string[]
+  /** A configuration file's contents (Sentinel needs one it can rewrite). */
+  config?: string
   label: string
 }
 
-async function launchOnce (opts: LaunchOptions, port: number): Promise<RedisProcess | 'port_in_use'> {
-  const dir = mkdtempSync(join(tmpdir(), `cybs-${opts.label}-`))
-  const proc: ChildProcess = spawn('sh', ['-c', WRAPPER, 'sh', dir, ...opts.args(port, dir)], { stdio: ['pipe', 'pipe', 'pipe'] })
-  let log = ''
-  const append = (chunk: Buffer): void => { log = (log + chunk.toString()).slice(-16_384) }
-  proc.stdout?.on('data', append)
-  proc.stderr?.on('data', append)
-  proc.stdin?.on('error', () => {})
-  const exited = new Promise<void>(resolve => proc.once('exit', () => resolve()))
-  const alive = (): boolean => proc.exitCode === null && proc.signalCode === null
-  const kill = async (): Promise<void> => {
-    try {
-      if (alive()) {
-        proc.stdin?.end()
-        await Promise.race([exited, sleep(5000)])
-        if (alive()) proc.kill('SIGKILL')
-      }
-      await waitForPort(port, false, { timeoutMs: 5000 }).catch(() => {})
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
-  }
-  const server: RedisProcess = { port, dir, kill, alive, output: () => log }
-  // "Running mode=…, port=N." is logged only once the listening socket is bound (a bind
-  // failure aborts before it), so a foreign process on the port is never mistaken for ours.
-  const bound = new RegExp(`Running mode=\\w+, port=${port}\\.`)
-  const deadline = Date.now() + 15_000
-  while (Date.now() < deadline) {
-    if (!alive()) {
-      await kill()
-      if (/Address already in use/.test(log)) return 'port_in_use'
-      throw new Error(`redis-server (${opts.label}) exited at start:\n${log}`)
-    }
-    if (bound.test(log)) {
-      await waitForPort(port, true, { timeoutMs: 10_000 })
-      return server
-    }
-    await sleep(20)
-  }
-  await kill()
-  throw new Error(`redis-server (${opts.label}) did not start within 15 s:\n${log}`)
-}
-
-/** Starts one redis-server on a free port (retrying when the port was taken meanwhile); killed in teardown. */
+/** Starts one redis-server on a free port; killed in teardown. */
 export async function launchRedis (t: Teardown, opts: LaunchOptions): Promise<RedisProcess> {
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const server = await launchOnce(opts, await freePort())
-    if (server !== 'port_in_use') {
-      t.teardown(server.kill)
-      return server
-    }
-  }
-  throw new Error(`redis-server (${opts.label}): no free port after 5 attempts`)
+  const server = await startRedisServer({ label: opts.label, args: opts.args, config: opts.config })
+  t.teardown(server.close)
+  return { port: server.port, dir: server.dir, kill: server.close, alive: server.alive, output: server.output }
 }
 
-const dataArgs = (port: number, dir: string): string[] =>
-  ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir]
+const NO_PERSISTENCE = ['--save', '', '--appendonly', 'no']
 
 /**
  * A direct connection for assertions, errors ignored. It reconnects (a promoted replica drops its
@@ -161,7 +89,7 @@ export async function startCluster (t: Teardown, masters = 3): Promise<TestClust
     const busPort = await freePort()
     nodes.push(await launchRedis(t, {
       label: `cluster${i}`,
-      args: (port, dir) => [...dataArgs(port, dir), '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '2000', '--cluster-port', String(busPort)]
+      args: [...NO_PERSISTENCE, '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--cluster-port', String(busPort)]
     }))
   }
   const addrs = nodes.map(n => `${HOST}:${n.port}`)
@@ -195,8 +123,8 @@ export interface TestSentinel {
 
 /** A master, one replica in sync with it, and one sentinel monitoring them (quorum 1). */
 export async function startSentinel (t: Teardown, name = 'mymaster'): Promise<TestSentinel> {
-  const master = await launchRedis(t, { label: 'master', args: dataArgs })
-  const replica = await launchRedis(t, { label: 'replica', args: (port, dir) => [...dataArgs(port, dir), '--replicaof', HOST, String(master.port)] })
+  const master = await launchRedis(t, { label: 'master', args: NO_PERSISTENCE })
+  const replica = await launchRedis(t, { label: 'replica', args: [...NO_PERSISTENCE, '--replicaof', HOST, String(master.port)] })
   const masterClient = adminClient(t, master.port)
   const replicaClient = adminClient(t, replica.port)
   await until('the replica to sync with the master', 30_000, async () =>
@@ -204,20 +132,13 @@ export async function startSentinel (t: Teardown, name = 'mymaster'): Promise<Te
 
   const sentinel = await launchRedis(t, {
     label: 'sentinel',
-    args: (port, dir) => {
-      // Sentinel rewrites its configuration file, so it lives in the (writable) temp dir.
-      const conf = join(dir, 'sentinel.conf')
-      writeFileSync(conf, [
-        `port ${port}`,
-        `bind ${HOST}`,
-        `dir ${dir}`,
-        `sentinel monitor ${name} ${HOST} ${master.port} 1`,
-        `sentinel down-after-milliseconds ${name} 1000`,
-        `sentinel failover-timeout ${name} 3000`,
-        ''
-      ].join('\n'))
-      return [conf, '--sentinel']
-    }
+    config: [
+      `sentinel monitor ${name} ${HOST} ${master.port} 1`,
+      `sentinel down-after-milliseconds ${name} 1000`,
+      `sentinel failover-timeout ${name} 3000`,
+      ''
+    ].join('\n'),
+    args: ['--sentinel']
   })
   const sentinelClient = adminClient(t, sentinel.port)
   const masterAddr = async (): Promise<{ host: string, port: number }> => {

@@ -117,7 +117,7 @@ t.test('Redis down: the limiter does not block (skipOnError), the route answers 
     t.equal(a.sim.control.stats().exchanges, 0)
     t.equal((await get(a, '/health/live')).statusCode, 200, 'still alive')
   } finally {
-    // test/helpers/redis.ts cannot stop a server twice (its teardown would hang): restart it.
+    // Redis comes back empty.
     await redis.start()
   }
 
