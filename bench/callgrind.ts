@@ -1,7 +1,7 @@
 // Instruction counts of a server under valgrind's callgrind, for `npm run bench:instructions`
 // (bench/run.ts, BENCH_MODE=instructions). Timings on a shared machine drift by more than the
 // few per cent a change to the lookup makes; instruction counts are the same from run to run.
-// The server starts with instrumentation off; after a warm-up, bench/run.ts turns it on, zeroes
+// The server starts with instrumentation off; after a warm-up, bench/load.ts turns it on, zeroes
 // the counters, loads a known number of requests and dumps the counts, which are read here.
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -19,11 +19,12 @@ export const CALLGRIND_ENV = { USER: 'bench', LOGNAME: 'bench', HOST: 'localhost
  */
 const COMPILER = /v8::internal::(compiler|maglev|turboshaft)::/
 
-export function callgrindAvailable (): boolean {
+/** The tools of valgrind's that the PATH lacks (none when instructions can be counted). */
+export function missingCallgrindTools (): string[] {
   // (callgrind_annotate --version prints its version to stderr and exits with 255.)
-  return ['valgrind', 'callgrind_control', 'callgrind_annotate'].every(c => {
+  return ['valgrind', 'callgrind_control', 'callgrind_annotate'].filter(c => {
     const r = spawnSync(c, ['--version'], { encoding: 'utf8' })
-    return `${r.stdout ?? ''}${r.stderr ?? ''}`.startsWith(`${c}-`)
+    return !`${r.stdout ?? ''}${r.stderr ?? ''}`.startsWith(`${c}-`)
   })
 }
 
@@ -73,3 +74,9 @@ export function dumpCounts (pid: number, outFile: string, part: number): Counts 
   if (Number.isNaN(total)) throw new Error(`callgrind_annotate ${dump}: no program totals`)
   return { total, compiler }
 }
+
+/** A count's instructions without the optimizing compilers' (a one-off of the warm-up). */
+export const steadyCount = (c: Counts): number => c.total - c.compiler
+
+/** The median window by steadyCount (of an even number, the lower of the two middle ones). */
+export const medianWindow = (ws: Counts[]): Counts => [...ws].sort((a, b) => steadyCount(a) - steadyCount(b))[Math.floor((ws.length - 1) / 2)]

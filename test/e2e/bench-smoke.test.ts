@@ -2,13 +2,15 @@
 // here and are not asserted; every round starts fresh servers) must load them all, account for
 // every lookup in the audit trails of the three broker processes (set-up, then one per round) and
 // write a complete report. So does `npm run bench:instructions` (a few requests under callgrind),
-// which adds its section to the same file. The benchmark itself is run by hand (bench/RESULTS.md).
+// which adds its section to the same file, and which skips itself, saying so, where valgrind is
+// missing. The benchmark itself is run by hand (bench/RESULTS.md).
 import t, { type Test } from 'tap'
 import { spawn, execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { missingCallgrindTools } from '../../bench/callgrind.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
@@ -29,13 +31,14 @@ t.test('a minimal benchmark run writes a full report', async t => {
     BENCH_FIXED_RPS: '500',
     BENCH_PIN: '0'
   }
-  const run = async (t: Test, extra: Record<string, string> = {}): Promise<void> => {
+  const run = async (t: Test, extra: Record<string, string> = {}): Promise<string> => {
     const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'run.js')], { cwd: ROOT, env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] })
     let stderr = ''
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
     child.stdout.resume()
     const code = await new Promise<number | null>(resolve => child.once('exit', resolve))
     t.equal(code, 0, 'the run succeeds', { stderr: stderr.slice(-2000) })
+    return stderr
   }
   await run(t)
 
@@ -51,7 +54,21 @@ t.test('a minimal benchmark run writes a full report', async t => {
   t.ok(Number(audit?.[3]) >= 3, 'summaries of the three broker processes (set-up, then a fresh one per round)')
   t.match(report, /2 rounds, .*a fresh server process per target and round/, 'the report says how it ran')
 
-  await t.test('an instruction count adds its section and keeps the timed report', async t => {
+  await t.test('without valgrind, the instruction count skips itself and says so', async t => {
+    // A PATH without valgrind: the runner is started by its absolute path and needs nothing else.
+    const empty = mkdtempSync(join(tmpdir(), 'bench-smoke-path-'))
+    t.teardown(() => rmSync(empty, { recursive: true, force: true }))
+    const stderr = await run(t, { BENCH_MODE: 'instructions', PATH: empty })
+    t.match(stderr, /^bench: instruction counts skipped: valgrind, callgrind_control, callgrind_annotate not found .*\n$/, 'one line says why')
+    t.equal(stderr.split('\n').length, 2, 'and only that line')
+    const both = readFileSync(results, 'utf8')
+    t.ok(both.startsWith(report), 'the timed report is kept as it was')
+    t.match(both.slice(report.length), /^<!-- instruction counts: npm run bench:instructions -->\n# Benchmark: instructions per lookup\n\nSkipped: /, 'the report says it was skipped')
+  })
+
+  const missing = missingCallgrindTools()
+  const skip = missing.length > 0 ? `needs valgrind: ${missing.join(', ')} not found` : false
+  await t.test('an instruction count adds its section and keeps the timed report', { skip }, async t => {
     await run(t, { BENCH_MODE: 'instructions', BENCH_ONLY: 'broker,static', BENCH_NAIVE: '0', BENCH_INSTR_WARMUP: '20', BENCH_INSTR_COUNT: '20' })
     const both = readFileSync(results, 'utf8')
     t.ok(both.startsWith(report), 'the timed report is kept as it was')
