@@ -11,20 +11,23 @@ export interface LookupAudit {
   flush: () => void
 }
 
-interface Tally { caller: string, route: string, merchantId: string, count: number, first: number, last: number }
+interface Tally { count: number, first: number, last: number }
 
 export function createLookupAudit (opts: { log: Pick<Logger, 'info'>, now: () => number }): LookupAudit {
   const { log, now } = opts
-  // Keyed by caller, route and merchant; bounded by the merchants that exist (unknown ones are
-  // 404s, which are not summarized).
-  let pending = new Map<string, Tally>()
+  // caller → route → merchant → tally, so that no key is built per lookup; bounded by the
+  // merchants that exist (unknown ones are 404s, which are not summarized).
+  let pending = new Map<string, Map<string, Map<string, Tally>>>()
 
   return {
     record (caller, route, merchantId) {
-      const key = `${caller}\n${route}\n${merchantId}`
+      let routes = pending.get(caller)
+      if (routes === undefined) pending.set(caller, routes = new Map())
+      let merchants = routes.get(route)
+      if (merchants === undefined) routes.set(route, merchants = new Map())
       const t = now()
-      const tally = pending.get(key)
-      if (tally === undefined) pending.set(key, { caller, route, merchantId, count: 1, first: t, last: t })
+      const tally = merchants.get(merchantId)
+      if (tally === undefined) merchants.set(merchantId, { count: 1, first: t, last: t })
       else {
         tally.count++
         tally.last = t
@@ -34,16 +37,20 @@ export function createLookupAudit (opts: { log: Pick<Logger, 'info'>, now: () =>
       if (pending.size === 0) return
       const done = pending
       pending = new Map()
-      for (const t of done.values()) {
-        log.info({
-          caller: t.caller,
-          merchant_id: t.merchantId,
-          route: t.route,
-          outcome: 'ok',
-          count: t.count,
-          first_at: new Date(t.first).toISOString(),
-          last_at: new Date(t.last).toISOString()
-        }, 'internal api lookups')
+      for (const [caller, routes] of done) {
+        for (const [route, merchants] of routes) {
+          for (const [merchantId, t] of merchants) {
+            log.info({
+              caller,
+              merchant_id: merchantId,
+              route,
+              outcome: 'ok',
+              count: t.count,
+              first_at: new Date(t.first).toISOString(),
+              last_at: new Date(t.last).toISOString()
+            }, 'internal api lookups')
+          }
+        }
       }
     }
   }

@@ -30,21 +30,22 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
   const security = [{ bearer: [] }]
 
   // The lookup's body changes only with the token and the second of expires_in: it is serialized
-  // (by the route's response schema) once per token and second, and sent as it is. Entries go
-  // with their token objects, which the token cache shares between lookups.
-  const bodies = new WeakMap<AccessToken, { expiresIn: number, body: string }>()
-  const lookupBody = (reply: FastifyReply, token: AccessToken): string => {
+  // (by the route's response schema) and encoded to bytes once per token and second, and those
+  // bytes are sent as they are. Entries go with their token objects, which the token cache shares
+  // between lookups.
+  const bodies = new WeakMap<AccessToken, { expiresIn: number, body: Buffer }>()
+  const lookupBody = (reply: FastifyReply, token: AccessToken): Buffer => {
     const expiresIn = Math.floor((token.expiresAt - app.now()) / 1000)
     let memo = bodies.get(token)
     if (memo === undefined || memo.expiresIn !== expiresIn) {
-      const body = reply.serialize({
+      const body = Buffer.from(reply.serialize({
         merchant_id: token.merchantId,
         access_token: token.accessToken,
         token_type: token.tokenType,
         expires_at: iso(token.expiresAt),
         expires_in: expiresIn,
         scope: token.scope
-      }) as string
+      }) as string)
       memo = { expiresIn, body }
       bodies.set(token, memo)
     }
@@ -64,8 +65,8 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
     // A fresh cached token needs no Redis; otherwise the token service may read Redis or refresh.
     const id = request.params.merchantId
     const token = app.tokenService.peekAccessToken(id) ?? await app.tokenService.getAccessToken(id)
-    // Sent as the JSON string lookupBody made by the route's own serializer: Fastify sends a
-    // string with a JSON content type as it is (the typed reply only knows the object form).
+    // Sent as the bytes lookupBody made with the route's own serializer: Fastify sends a Buffer as
+    // it is (the typed reply only knows the object form).
     const raw: FastifyReply = reply
     return await raw.header('cache-control', 'no-store').type('application/json; charset=utf-8').send(lookupBody(reply, token))
   })
