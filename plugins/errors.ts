@@ -2,15 +2,12 @@
 // { error: { code, message, correlation_id } } of docs/api.md and masks every other 5xx.
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { errorBody } from '../src/errors.js'
 
 export const DOMAIN_CODES = new Set([
   'invalid_request', 'unauthorized', 'merchant_not_found', 'reauthorization_required',
-  'rate_limited', 'upstream_unavailable', 'storage_unavailable'
+  'rate_limited', 'upstream_unavailable', 'storage_unavailable', 'encryption_key_unavailable'
 ])
-
-export function errorBody (code: string, message: string, correlationId: string): { error: { code: string, message: string, correlation_id: string } } {
-  return { error: { code, message, correlation_id: correlationId } }
-}
 
 /** The status and public code/message of any error; never the details of an unexpected one. */
 export function classifyError (err: FastifyError): { status: number, code: string, message: string } {

@@ -19,6 +19,7 @@ export interface Metrics {
   callbacks: Counter<'outcome'>
   upstreamDuration: Histogram<'grant_type' | 'outcome'>
   merchants: Gauge<'status'>
+  keyUnavailable: Counter
 }
 
 declare module 'fastify' {
@@ -57,6 +58,7 @@ export default fp(async (app) => {
     lockWaits: new Counter({ name: 'cybs_refresh_lock_waits_total', help: 'Lookups that waited on another replica\'s refresh, by outcome', labelNames: ['outcome'], registers }),
     lockWaitDuration: new Histogram({ name: 'cybs_refresh_lock_wait_seconds', help: 'Time spent waiting on another replica\'s refresh', labelNames: ['outcome'], buckets: latency, registers }),
     callbacks: new Counter({ name: 'cybs_oauth_callbacks_total', help: 'OAuth callbacks by outcome', labelNames: ['outcome'], registers }),
+    keyUnavailable: new Counter({ name: 'cybs_encryption_key_unavailable_total', help: 'Records that could not be read: their key id is not in TOKEN_ENCRYPTION_KEYS', registers }),
     upstreamDuration: new Histogram({ name: 'cybs_upstream_request_duration_seconds', help: 'CyberSource token requests by grant type and outcome', labelNames: ['grant_type', 'outcome'], buckets: latency, registers }),
     merchants: new Gauge({
       name: 'cybs_merchants',

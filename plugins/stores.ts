@@ -14,6 +14,6 @@ declare module 'fastify' {
 
 export default fp(async (app) => {
   const keyRing = createKeyRing(app.config.encryptionKeys)
-  app.decorate('tokenStore', createTokenStore(app.redis, keyRing, app.redisKeys, { now: app.now }))
+  app.decorate('tokenStore', createTokenStore(app.redis, keyRing, app.redisKeys, { now: app.now, onKeyUnavailable: () => app.metrics.keyUnavailable.inc() }))
   app.decorate('stateStore', createStateStore(app.redis, app.redisKeys, { ttlSeconds: app.config.onboarding.stateTtlSeconds, now: app.now }))
-}, { name: 'stores', dependencies: ['config', 'redis'] })
+}, { name: 'stores', dependencies: ['config', 'redis', 'metrics'] })

@@ -22,6 +22,7 @@ export default fp(async (app) => {
     client: app.tokenClient,
     log: app.log.child({ component: 'token-service' }),
     now: app.now,
+    answerWithinMs: app.config.cybs.timeoutMs + 2000,
     events: {
       refresh: (outcome, seconds) => {
         app.metrics.refreshes.inc({ outcome })

@@ -2,6 +2,11 @@
 // maps them to { error: { code, message, correlation_id } }.
 import createError from '@fastify/error'
 
+/** The JSON error shape of every internal API answer. */
+export function errorBody (code: string, message: string, correlationId: string): { error: { code: string, message: string, correlation_id: string } } {
+  return { error: { code, message, correlation_id: correlationId } }
+}
+
 export const InvalidRequestError = createError('invalid_request', '%s', 400)
 export const UriTooLongError = createError('invalid_request', 'The request URL is too long', 414)
 export const UnauthorizedError = createError('unauthorized', 'A valid bearer credential is required', 401)
@@ -10,3 +15,4 @@ export const ReauthorizationRequiredError = createError('reauthorization_require
 export const RateLimitedError = createError('rate_limited', 'Too many requests', 429)
 export const UpstreamUnavailableError = createError('upstream_unavailable', 'CyberSource is unavailable and no valid access token is left', 503)
 export const StorageUnavailableError = createError('storage_unavailable', 'Token storage is unavailable', 503)
+export const EncryptionKeyUnavailableError = createError('encryption_key_unavailable', 'The record is encrypted under a key this service does not hold', 500)

@@ -1,7 +1,9 @@
 // The refresh lock across replicas: one Redis key per merchant, taken with SET NX PX under a
-// random owner value, renewed and released only by its owner (Lua compare-and-set). A replica
-// that does not get the lock waits for the holder's result: woken by the change messages, with
-// polling as the fallback, until the record's version moves or the lock is free.
+// random owner value, renewed and released only by its owner (Lua compare-and-set). The TTL is
+// short and the holder renews it while it works, so a holder that dies (SIGKILL, lost network)
+// blocks the merchant for one TTL at most. A replica that does not get the lock waits for the
+// holder's result: woken by the change messages, with polling as the fallback, until the
+// record's version moves or the lock is free.
 import { randomBytes } from 'node:crypto'
 import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
@@ -11,12 +13,20 @@ export interface LockHandle { readonly key: string, readonly owner: string }
 
 export type WaitResult = 'updated' | 'free' | 'timeout'
 
+/** How long a lock outlives its last renewal: the delay a dead holder causes at most. */
+export const LOCK_TTL_MS = 10_000
+
 export interface RefreshLock {
   readonly ttlMs: number
   /** The lock, or undefined when another owner holds it. */
   acquire: (merchantId: string) => Promise<LockHandle | undefined>
   /** Extends the lock to a full TTL again, if it is still ours. */
   renew: (lock: LockHandle) => Promise<boolean>
+  /**
+   * Renews the lock every third of its TTL until the returned function is called; `onLost` hears
+   * when it is no longer ours (expired during a Redis outage, then taken by another replica).
+   */
+  keepAlive: (lock: LockHandle, onLost: () => void) => () => void
   /** Deletes the lock, if it is still ours. */
   release: (lock: LockHandle) => Promise<void>
   /**
@@ -43,8 +53,9 @@ interface LockCommands {
   cybsRenewLock: (key: string, owner: string, ttlMs: number) => Promise<number>
 }
 
-export function createRefreshLock (opts: { redis: RedisClient, keys: RedisKeys, ttlMs: number, pollMs?: number, now?: () => number }): RefreshLock {
-  const { redis, keys, ttlMs } = opts
+export function createRefreshLock (opts: { redis: RedisClient, keys: RedisKeys, ttlMs?: number, pollMs?: number, now?: () => number }): RefreshLock {
+  const { redis, keys } = opts
+  const ttlMs = opts.ttlMs ?? LOCK_TTL_MS
   const pollMs = opts.pollMs ?? 100
   const now = opts.now ?? Date.now
   if (!('cybsReleaseLock' in redis)) {
@@ -66,15 +77,35 @@ export function createRefreshLock (opts: { redis: RedisClient, keys: RedisKeys, 
     if (waiters.get(merchantId)?.size === 0) waiters.delete(merchantId)
   }
 
+  const renew = async (lock: LockHandle): Promise<boolean> =>
+    await storageCall(async () => await cmd.cybsRenewLock(lock.key, lock.owner, ttlMs)) === 1
+
   return {
     ttlMs,
     async acquire (merchantId) {
       const lock = { key: keys.lock(merchantId), owner: randomBytes(16).toString('base64url') }
-      const ok = await storageCall(async () => await redis.set(lock.key, lock.owner, 'PX', ttlMs, 'NX'))
-      return ok === 'OK' ? lock : undefined
+      try {
+        const ok = await storageCall(async () => await redis.set(lock.key, lock.owner, 'PX', ttlMs, 'NX'))
+        return ok === 'OK' ? lock : undefined
+      } catch (err) {
+        // The SET may still be applied after the client gave up on it: take it back, if it is ours.
+        cmd.cybsReleaseLock(lock.key, lock.owner).catch(() => {})
+        throw err
+      }
     },
-    async renew (lock) {
-      return await storageCall(async () => await cmd.cybsRenewLock(lock.key, lock.owner, ttlMs)) === 1
+    renew,
+    keepAlive (lock, onLost) {
+      let lost = false
+      const timer = setInterval(() => {
+        renew(lock).then(ours => {
+          if (!ours && !lost) {
+            lost = true
+            onLost()
+          }
+        }, () => {}) // Redis away: the next tick tries again
+      }, Math.max(1, Math.floor(ttlMs / 3)))
+      timer.unref()
+      return () => clearInterval(timer)
     },
     async release (lock) {
       await storageCall(async () => await cmd.cybsReleaseLock(lock.key, lock.owner))

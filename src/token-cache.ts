@@ -1,7 +1,7 @@
 // The in-process token cache: the last record read or written per merchant, with its access token
 // as the frozen object every lookup hands out, and when it is due. Kept in step with the other
-// replicas through the store's change messages (pub/sub `merchantId:version`, `merchantId` on
-// delete): a newer version drops the entry, so the next lookup re-reads Redis.
+// replicas through the store's change messages (pub/sub `merchantId:version:grant`, `merchantId`
+// on delete): a newer version or another grant drops the entry, so the next lookup re-reads Redis.
 import type { RedisClient } from './redis-client.js'
 import type { MerchantRecord } from './token-store.js'
 import { refreshAt } from './refresh-policy.js'
@@ -45,11 +45,10 @@ export function createTokenCache (now: () => number): TokenCache {
   const entries = new Map<string, Entry>()
 
   const invalidate = (message: string): string => {
-    const sep = message.lastIndexOf(':')
-    const merchantId = sep < 0 ? message : message.slice(0, sep)
-    const version = sep < 0 ? Infinity : Number(message.slice(sep + 1))
+    const [merchantId, v, grant] = message.split(':')
     const cached = entries.get(merchantId)
-    if (cached !== undefined && !(cached.record.version >= version)) entries.delete(merchantId)
+    // A message without a version (a delete) or one that cannot be read drops the entry.
+    if (cached !== undefined && (v === undefined || !(cached.record.version >= Number(v)) || cached.record.grant !== grant)) entries.delete(merchantId)
     return merchantId
   }
 
@@ -60,7 +59,9 @@ export function createTokenCache (now: () => number): TokenCache {
     },
     record: (merchantId) => entries.get(merchantId)?.record,
     remember (record) {
-      entries.set(record.merchantId, { record, refreshAt: refreshAt(record), token: toAccessToken(record) })
+      // Past its refresh token's expiry a merchant needs a new onboarding: no longer peeked then.
+      const until = Math.min(refreshAt(record), record.refreshTokenExpiresAt)
+      entries.set(record.merchantId, { record, refreshAt: until, token: toAccessToken(record) })
       return record
     },
     tokenOf (record) {

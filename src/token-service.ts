@@ -4,16 +4,17 @@
 // load and one refresh promise per merchant. A lookup waits for a refresh only when its token has
 // less than MIN_VALIDITY_MS left; ahead of that, the refresh runs in the background.
 import type { Logger } from 'pino'
-import type { MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
+import type { Expected, MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
 import type { TokenClient } from './cybersource/token-client.js'
-import { isCybsError, type CybsError } from './cybersource/errors.js'
-import { retryBudgetMs, retryStorage } from './storage-errors.js'
-import { REDIS_COMMAND_TIMEOUT_MS, type RedisClient } from './redis-client.js'
+import { CybsError, isCybsError } from './cybersource/errors.js'
+import { retryStorage } from './storage-errors.js'
+import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import { MerchantNotFoundError, ReauthorizationRequiredError, StorageUnavailableError, UpstreamUnavailableError } from './errors.js'
 import { FAILURE_HOLD_MS, classifyRefreshError, effectiveStatus, isServable, refreshAt, type RefreshOutcome } from './refresh-policy.js'
 import { createTokenCache, type AccessToken } from './token-cache.js'
 import { createRefreshLock, type LockHandle } from './refresh-lock.js'
+import { createRecordReads } from './record-reads.js'
 
 export type { AccessToken } from './token-cache.js'
 export type { RefreshOutcome } from './refresh-policy.js'
@@ -51,8 +52,13 @@ export interface TokenServiceOptions {
   log: Pick<Logger, 'info' | 'warn' | 'error'>
   events?: TokenServiceEvents
   now?: () => number
-  /** Redis lock TTL; defaults to the token client's worst case plus a margin. */
+  /** Refresh lock TTL (renewed while a refresh runs); LOCK_TTL_MS by default. */
   lockTtlMs?: number
+  /**
+   * The most a lookup or forced refresh waits for an answer (CYBS_TIMEOUT_MS + 2 s in the app);
+   * a refresh that takes longer goes on in the background, and its result is stored.
+   */
+  answerWithinMs: number
   /** Delays between attempts to store refreshed tokens while Redis blips. */
   storeRetryDelaysMs?: number[]
 }
@@ -62,65 +68,31 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   const now = opts.now ?? Date.now
   const events = opts.events ?? {}
   const storeRetryDelays = opts.storeRetryDelaysMs ?? [100, 250, 500, 1000, 2000, 4000]
-  // The lock outlives the whole locked work: the CyberSource call with its retries, then the
-  // store write with its retries (each attempt bounded by the Redis command timeout).
-  const lock = createRefreshLock({
-    redis: opts.redis,
-    keys: opts.keys,
-    now,
-    ttlMs: opts.lockTtlMs ?? client.maxRefreshMs + retryBudgetMs(storeRetryDelays, REDIS_COMMAND_TIMEOUT_MS) + 5000
-  })
+  const lock = createRefreshLock({ redis: opts.redis, keys: opts.keys, now, ttlMs: opts.lockTtlMs })
   const cache = createTokenCache(now)
+  const { isConnected, load, readConnected, servable } = createRecordReads(store, cache, now)
   const inflight = new Map<string, Promise<MerchantRecord>>()
-  const loading = new Map<string, Promise<MerchantRecord | undefined>>()
   const failedUntil = new Map<string, number>()
   let closing = false
 
-  const isConnected = (r: MerchantMeta): boolean => effectiveStatus(r, now()).status === 'connected'
-
-  async function load (merchantId: string): Promise<MerchantRecord | undefined> {
-    let p = loading.get(merchantId)
-    if (p === undefined) {
-      p = store.get(merchantId).then(r => r === undefined ? undefined : cache.remember(r)).finally(() => loading.delete(merchantId))
-      loading.set(merchantId, p)
-    }
-    return await p
-  }
-
-  /** A fresh read of the record (cached); throws when it is gone or needs a new onboarding. */
-  async function readConnected (merchantId: string): Promise<MerchantRecord> {
-    const fresh = await store.get(merchantId)
-    if (fresh === undefined) {
-      cache.forget(merchantId)
-      throw new MerchantNotFoundError()
-    }
-    cache.remember(fresh)
-    if (!isConnected(fresh)) throw new ReauthorizationRequiredError()
-    return fresh
-  }
-
-  /**
-   * A fresh read of the record when it can be served: connected and, unless `anyValidity`,
-   * servable; undefined when it needs a refresh. Throws for gone / reauthorization.
-   */
-  async function servable (merchantId: string, anyValidity: boolean): Promise<MerchantRecord | undefined> {
-    const fresh = await readConnected(merchantId)
-    return anyValidity || isServable(fresh, now()) ? fresh : undefined
-  }
-
-  async function storeRefreshed (record: MerchantRecord, expectedVersion: number, held: LockHandle): Promise<number | undefined> {
+  async function storeRefreshed (record: MerchantRecord, expected: Expected, held: LockHandle): Promise<number | undefined> {
     // CyberSource answered: these tokens exist only in memory until this write lands. The lock
     // is renewed first, so no other replica starts a second refresh while the write is retried.
     await lock.renew(held).catch(() => {})
-    return await retryStorage(async () => await store.put(record, expectedVersion), storeRetryDelays, attempt => {
+    return await retryStorage(async () => await store.put(record, expected), storeRetryDelays, attempt => {
       log.warn({ merchant_id: record.merchantId, attempt }, 'storing refreshed tokens failed; retrying')
     })
   }
 
-  async function refreshLocked (merchantId: string, force: boolean, seenVersion: number | undefined, held: LockHandle): Promise<MerchantRecord> {
+  /** Whether `current` holds other tokens than `seen`: a refresh (or an onboarding) happened since. */
+  const renewedSince = (current: MerchantRecord, seen: MerchantRecord | undefined): boolean =>
+    seen !== undefined && current.accessToken !== seen.accessToken
+
+  async function refreshLocked (merchantId: string, force: boolean, seen: MerchantRecord | undefined, held: LockHandle): Promise<MerchantRecord> {
     const current = await readConnected(merchantId)
-    // Another replica refreshed while we queued for the lock: its result is ours.
-    if (seenVersion !== undefined && current.version !== seenVersion && (force || isServable(current, now()))) return current
+    // Another replica refreshed while we queued for the lock: its result is ours. Another write
+    // (a key rotation, a status change) is not a refresh: a forced refresh still happens.
+    if (renewedSince(current, seen) && (force || isServable(current, now()))) return current
     if (!force && now() < refreshAt(current)) return current
 
     const started = performance.now()
@@ -128,6 +100,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     let tokens
     try {
       tokens = await client.refresh(current.refreshToken)
+      // Tokens for another merchant (or none named) are never stored under this one.
+      if (tokens.merchantId !== merchantId) throw new CybsError('protocol', 'token response names another merchant', tokens.correlationId, 200)
     } catch (err) {
       if (!isCybsError(err)) throw err
       return await onRefreshError(err, current, seconds)
@@ -143,9 +117,10 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       refreshTokenExpiresAt: tokens.refreshTokenExpiresAt ?? current.refreshTokenExpiresAt,
       lastRefreshedAt: now()
     }
-    const version = await storeRefreshed(record, current.version, held)
+    const version = await storeRefreshed(record, current, held)
     if (version === undefined) {
-      // A newer pair was written meanwhile (a new onboarding): it wins, ours is dropped.
+      // A newer pair was written meanwhile (a new onboarding), or the merchant was deleted: it
+      // wins, ours is dropped.
       events.refresh?.('conflict', seconds())
       return await servable(merchantId, false) ?? await refreshLocked(merchantId, force, undefined, held)
     }
@@ -160,7 +135,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     events.refresh?.(failure.outcome, seconds())
     log[failure.level]({ merchant_id: merchantId, correlation_id: err.correlationId, kind: err.kind, oauth_error: err.oauthError, status: err.status }, failure.message)
     if (failure.reauthorize) {
-      const version = await store.markReauthorizationRequired(merchantId, current.version)
+      const version = await store.markReauthorizationRequired(merchantId, current)
       if (version !== undefined) {
         cache.remember({ ...current, status: 'reauthorization_required', version })
         throw new ReauthorizationRequiredError()
@@ -178,27 +153,36 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   async function refreshAcrossReplicas (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
     const started = performance.now()
     const waited = (): number => (performance.now() - started) / 1000
-    const deadline = now() + lock.ttlMs + 2000
+    const deadline = now() + opts.answerWithinMs
+    // `seen`: the tokens the caller saw (what counts as renewed); `known`: the last record read.
+    let known = seen
     for (;;) {
       const held = await lock.acquire(merchantId)
       if (held !== undefined) {
         if (seen !== undefined && performance.now() - started > 1) events.lockWait?.(waited(), 'acquired')
+        const stopRenewing = lock.keepAlive(held, () => {
+          // Still safe: the write is compare-and-set on version and grant.
+          log.warn({ merchant_id: merchantId }, 'the refresh lock was lost while refreshing')
+        })
         try {
-          return await refreshLocked(merchantId, force, seen?.version, held)
+          return await refreshLocked(merchantId, force, seen, held)
         } finally {
+          stopRenewing()
           await lock.release(held).catch((err: unknown) => {
             log.warn({ err, merchant_id: merchantId }, 'could not release the refresh lock; it expires by itself')
           })
         }
       }
-      const base = seen?.version ?? await store.version(merchantId) ?? -1
+      const base = known?.version ?? await store.version(merchantId) ?? -1
       const outcome = await lock.waitForHolder(merchantId, base, deadline, store.version)
       if (outcome === 'updated') {
         events.lockWait?.(waited(), 'updated')
-        // The change may be a rejection (409) or a record that still needs a refresh: checked.
+        // The change may be a rejection (409), a record that still needs a refresh, or a write
+        // that was not a refresh (a forced refresh then still needs its own): checked.
         const fresh = await servable(merchantId, force)
-        if (fresh !== undefined) return fresh
-        seen = cache.record(merchantId)
+        if (fresh !== undefined && (!force || renewedSince(fresh, seen))) return fresh
+        known = cache.record(merchantId)
+        if (!force) seen = known
         continue
       }
       if (outcome === 'timeout') {
@@ -206,7 +190,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
         throw new UpstreamUnavailableError()
       }
       // The holder finished without a new version (it failed, or it died and its lock expired): try again.
-      if (seen === undefined) seen = await load(merchantId)
+      if (seen === undefined) seen = known = await load(merchantId)
     }
   }
 
@@ -230,37 +214,56 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     })
   }
 
+  /** The answer, or 503 once answerWithinMs have passed (the work itself goes on). */
+  async function within<T> (work: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new UpstreamUnavailableError()), opts.answerWithinMs)
+    })
+    try {
+      return await Promise.race([work, late])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async function lookup (merchantId: string): Promise<AccessToken> {
+    const cached = cache.record(merchantId)
+    const t = now()
+    // A cached merchant that cannot be served is re-read: a new onboarding must lift a
+    // reauthorization even when its change message was lost (subscriber reconnecting).
+    const record = cached !== undefined && isConnected(cached) ? cached : await load(merchantId)
+    if (record === undefined) throw new MerchantNotFoundError()
+    if (!isConnected(record)) throw new ReauthorizationRequiredError()
+    const stillValid = isServable(record, t)
+    if (t < refreshAt(record) && stillValid) return cache.tokenOf(record)
+    if ((failedUntil.get(merchantId) ?? 0) > t) {
+      if (stillValid) return cache.tokenOf(record)
+      throw new UpstreamUnavailableError()
+    }
+    if (stillValid) {
+      // Ahead of expiry: refresh in the background, serve the current token now.
+      refreshInBackground(merchantId, record)
+      return cache.tokenOf(record)
+    }
+    return cache.tokenOf(await refreshOnce(merchantId, false, record))
+  }
+
+  async function forceRefresh (merchantId: string): Promise<MerchantMeta> {
+    const seen = await load(merchantId)
+    if (seen === undefined) throw new MerchantNotFoundError()
+    return effectiveStatus(await refreshOnce(merchantId, true, seen), now())
+  }
+
   return {
     peekAccessToken: cache.peek,
 
     async getAccessToken (merchantId) {
-      const hot = cache.peek(merchantId)
-      if (hot !== undefined) return hot
-      const cached = cache.record(merchantId)
-      const t = now()
-      // A cached merchant that cannot be served is re-read: a new onboarding must lift a
-      // reauthorization even when its change message was lost (subscriber reconnecting).
-      const record = cached !== undefined && isConnected(cached) ? cached : await load(merchantId)
-      if (record === undefined) throw new MerchantNotFoundError()
-      if (!isConnected(record)) throw new ReauthorizationRequiredError()
-      const stillValid = isServable(record, t)
-      if (t < refreshAt(record) && stillValid) return cache.tokenOf(record)
-      if ((failedUntil.get(merchantId) ?? 0) > t) {
-        if (stillValid) return cache.tokenOf(record)
-        throw new UpstreamUnavailableError()
-      }
-      if (stillValid) {
-        // Ahead of expiry: refresh in the background, serve the current token now.
-        refreshInBackground(merchantId, record)
-        return cache.tokenOf(record)
-      }
-      return cache.tokenOf(await refreshOnce(merchantId, false, record))
+      return cache.peek(merchantId) ?? await within(lookup(merchantId))
     },
 
     async forceRefresh (merchantId) {
-      const seen = await load(merchantId)
-      if (seen === undefined) throw new MerchantNotFoundError()
-      return effectiveStatus(await refreshOnce(merchantId, true, seen), now())
+      return await within(forceRefresh(merchantId))
     },
 
     async delete (merchantId) {

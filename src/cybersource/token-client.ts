@@ -61,6 +61,14 @@ const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREAC
 /** OAuth errors that say CyberSource itself failed (RFC 6749 §5.2 / §4.1.2.1), not the grant. */
 export const TRANSIENT_OAUTH_ERRORS = new Set(['server_error', 'temporarily_unavailable'])
 
+/**
+ * The CAs that verify CyberSource's certificate: CYBS_CA_FILE adds to the system roots, never
+ * replaces them; undefined (Node's defaults) without it. The certificate is always verified.
+ */
+export function caBundle (extra?: string): string[] | undefined {
+  return extra === undefined ? undefined : [...rootCertificates, extra]
+}
+
 type Grant = { grant_type: 'authorization_code', code: string } | { grant_type: 'refresh_token', refresh_token: string }
 
 export function createTokenClient (opts: TokenClientOptions): TokenClient {
@@ -75,8 +83,7 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
       cert: tls.cert,
       key: tls.key,
       passphrase: tls.passphrase,
-      // CYBS_CA_FILE adds to the system roots; the server certificate is always verified.
-      ca: tls.ca === undefined ? undefined : [...rootCertificates, tls.ca],
+      ca: caBundle(tls.ca),
       rejectUnauthorized: true,
       timeout: opts.timeoutMs
     },
@@ -138,6 +145,9 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
     const accessToken = typeof obj.access_token === 'string' && obj.access_token !== '' ? obj.access_token : fail('has no access_token')
     const accessClaims = decodeJwtPayload(accessToken) ?? fail('has an access_token that is not a JWT')
     let refreshToken = typeof obj.refresh_token === 'string' && obj.refresh_token !== '' ? obj.refresh_token : undefined
+    // Only a token CyberSource issued in this answer may name the merchant: the refresh token a
+    // refresh sent (and got back, or not at all) says nothing about what was issued now.
+    const issuedRefreshToken = refreshToken !== undefined && !(grant.grant_type === 'refresh_token' && refreshToken === grant.refresh_token)
     if (refreshToken === undefined) {
       if (grant.grant_type === 'authorization_code') fail('has no refresh_token')
       refreshToken = (grant as { refresh_token: string }).refresh_token
@@ -148,7 +158,7 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
     const expiresIn = seconds(obj.expires_in) ?? DEFAULT_ACCESS_LIFETIME_S
     const refreshExpiresIn = seconds(obj.refresh_token_expires_in) ??
       (grant.grant_type === 'authorization_code' ? DEFAULT_REFRESH_LIFETIME_S : undefined)
-    const claim = accessClaims.merchant_id ?? decodeJwtPayload(refreshToken)?.merchant_id
+    const claim = accessClaims.merchant_id ?? (issuedRefreshToken ? decodeJwtPayload(refreshToken)?.merchant_id : undefined)
     return {
       accessToken,
       refreshToken,

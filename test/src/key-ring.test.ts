@@ -1,7 +1,7 @@
 // The AES-256-GCM key ring: round trips, random IVs, tamper detection, AAD binding, rotation.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { createKeyRing, KeyRingError, type KeyRing } from '../../src/key-ring.js'
+import { createKeyRing, KeyRingError, KeyUnavailableError, type KeyRing } from '../../src/key-ring.js'
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
@@ -26,7 +26,7 @@ function throwsKeyRingError (t: Tap, fn: () => unknown, what: string): void {
     caught = err
   }
   t.ok(caught instanceof KeyRingError, `${what}: KeyRingError`)
-  t.equal((caught as Error | undefined)?.name, 'KeyRingError')
+  t.match((caught as Error | undefined)?.name, /^Key(Ring|Unavailable)Error$/, `${what}: a key ring error`)
   t.notMatch(String((caught as Error | undefined)?.message), TOKEN.slice(0, 20), `${what}: the message holds no plaintext`)
 }
 
@@ -117,4 +117,32 @@ t.test('key ids: unknown kids fail, rotation reads old and writes new', async t 
   t.equal(fresh.split('.')[1], 'k2', 'new blobs use the first key')
   t.equal(rotated.isStale(fresh), false)
   throwsKeyRingError(t, () => old.decrypt(fresh, 'm_1', 'access_token'), 'the old ring cannot read the new blob')
+})
+
+t.test('an unknown key id is told apart from a failed authentication', async t => {
+  const blob = createKeyRing([k1]).encrypt(TOKEN, 'm_1', 'access_token')
+  t.throws(() => createKeyRing([k2]).decrypt(blob, 'm_1', 'access_token'), KeyUnavailableError, 'kid not configured: KeyUnavailableError')
+  let caught: unknown
+  try {
+    createKeyRing([{ kid: 'k1', key: randomBytes(32) }]).decrypt(blob, 'm_1', 'access_token')
+  } catch (err) {
+    caught = err
+  }
+  t.ok(caught instanceof KeyRingError && !(caught instanceof KeyUnavailableError), 'same kid, other key: a plain KeyRingError')
+})
+
+t.test('seal and open: only values sealed for the purpose under a configured key open', async t => {
+  const ring = createKeyRing([k1])
+  const sealed = ring.seal('list-cursor', '0:123:4')
+  t.match(sealed, /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}$/, 'URL-safe')
+  t.equal(ring.open('list-cursor', sealed), '0:123:4')
+  t.equal(ring.open('event-id', sealed), undefined, 'another purpose')
+  t.equal(createKeyRing([k2]).open('list-cursor', sealed), undefined, 'another key')
+  t.equal(createKeyRing([k2, k1]).open('list-cursor', sealed), '0:123:4', 'a ring that still holds the key (rotation)')
+  const [body, mac] = sealed.split('.')
+  const other = Buffer.from('0:999:4').toString('base64url')
+  const flipped = mac.slice(0, -1) + (mac.endsWith('A') ? 'B' : 'A')
+  for (const forged of [`${other}.${mac}`, `${body}.${flipped}`, `${body}.${mac}=`, `${body}.${mac} `, body, `${body}.`, '', '.', `${body}.${mac}.x`, 'x'.repeat(600)]) {
+    t.equal(ring.open('list-cursor', forged), undefined, `forged: ${forged.slice(0, 24)}`)
+  }
 })

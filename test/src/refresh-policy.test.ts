@@ -21,6 +21,7 @@ function meta (over: Partial<MerchantMeta> = {}): MerchantMeta {
     refreshTokenExpiresAt: T0 + 365 * 24 * 60 * MIN,
     lastRefreshedAt: null,
     version: 1,
+    grant: 'g1',
     ...over
   }
 }

@@ -4,14 +4,13 @@
 // invalidation. The simulator rotates refresh tokens, so a second concurrent refresh or a lost
 // refresh token shows up as a rejected grant.
 import t, { type Test } from 'tap'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { build, onboard, secrets, startSimulator, type Built, until } from '../helper.js'
-import { startRedis } from '../helpers/redis.js'
+import { scanKeys, startRedis } from '../helpers/redis.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
-import type { SimulatorOptions } from '../../src/simulator/app.js'
+import type { Behavior, SimulatorOptions } from '../../src/simulator/app.js'
 
 /** Past the background refresh point (2/3 ± 10 % of 15 min) with 180 s of validity left. */
 const PAST_REFRESH_POINT_MS = 720_000
@@ -61,6 +60,13 @@ async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = 
   }
 }
 
+/** The status and error code of an answer: a lookup's body holds a token and never goes into a message. */
+function said (res: { statusCode: number, body: string }): string {
+  let code: unknown
+  try { code = (JSON.parse(res.body) as { error?: { code?: unknown } }).error?.code } catch {}
+  return typeof code === 'string' ? `${res.statusCode} ${code}` : String(res.statusCode)
+}
+
 const refreshRequests = (c: Cluster): number => c.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length
 
 async function connect (t: Test, c: Cluster, mid: string, via = c.replicas[0]): Promise<void> {
@@ -73,7 +79,7 @@ async function warm (t: Test, c: Cluster, mid: string): Promise<string> {
   const tokens = new Set<string>()
   for (const r of c.replicas) {
     const res = await c.lookup(r, mid)
-    t.equal(res.statusCode, 200, res.body)
+    t.equal(res.statusCode, 200, said(res))
     tokens.add(res.json().access_token)
   }
   t.equal(tokens.size, 1, 'every replica serves the same token')
@@ -87,7 +93,7 @@ async function storm (c: Cluster, mid: string, n: number): Promise<Array<{ statu
 
 function assertAll200SameToken (t: Test, answers: Array<{ statusCode: number, body: string, json: () => any }>, what: string): string {
   const bad = answers.filter(a => a.statusCode !== 200)
-  t.equal(bad.length, 0, `${what}: every answer 200${bad.length > 0 ? ` (e.g. ${bad[0].statusCode} ${bad[0].body})` : ''}`)
+  t.equal(bad.length, 0, `${what}: every answer 200${bad.length > 0 ? ` (e.g. ${said(bad[0])})` : ''}`)
   const tokens = new Set(answers.filter(a => a.statusCode === 200).map(a => a.json().access_token as string))
   t.equal(tokens.size, 1, `${what}: one token in all answers`)
   return [...tokens][0]
@@ -99,10 +105,25 @@ async function assertRefreshTokenAlive (t: Test, c: Cluster, mid: string): Promi
   const rec = await c.stored(mid)
   t.equal(rec.status, 'connected')
   const res = await c.replicas[c.replicas.length - 1].app.inject({ method: 'POST', url: `/internal/v1/merchants/${mid}/refresh`, headers: c.replicas[0].auth })
-  t.equal(res.statusCode, 200, `a later refresh works: ${res.body}`)
+  t.equal(res.statusCode, 200, `a later refresh works: ${said(res)}`)
   t.equal(c.sim.control.stats().refreshes, before + 1)
   const sent = c.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').at(-1)
   t.equal(sent?.form.refresh_token, rec.refreshToken, 'it used the stored refresh token')
+}
+
+/**
+ * A blocking lookup on `via` of a connected merchant whose token is nearly expired, with
+ * CyberSource slowed (and `fault` on refresh): resolves once the refresh reached CyberSource,
+ * with the lookup still pending, and the token the merchant had before.
+ */
+async function refreshUnderWay (t: Test, c: Cluster, mid: string, via: Built, opts: { delayMs: number, fault?: Behavior['fault'] }): Promise<{ pending: ReturnType<Cluster['lookup']>, old: string }> {
+  await connect(t, c, mid, via)
+  const old = await warm(t, c, mid)
+  c.sim.control.setBehavior({ delayMs: opts.delayMs, grantType: 'refresh_token', ...(opts.fault === undefined ? {} : { fault: opts.fault }) })
+  c.advance(NEARLY_EXPIRED_MS)
+  const pending = c.lookup(via, mid)
+  t.ok(await until(() => refreshRequests(c) === 1, 5000), 'the refresh reached CyberSource')
+  return { pending, old }
 }
 
 for (const delayMs of [0, 1500]) {
@@ -151,7 +172,8 @@ t.test('background refresh: answers at once with the current token, one refresh 
   for (let i = 0; i < 3; i++) {
     t.equal(assertAll200SameToken(t, await storm(c, 'm_bg', 100), `round ${i}`), rec.accessToken)
   }
-  await sleep(300) // a refresh started by those lookups would have reached the simulator by now
+  t.ok(await until(async () => await c.redis.exists(`${c.prefix}lock:{m_bg}`) === 0, 5000), 'the lock was released')
+  t.notOk(await until(() => refreshRequests(c) > 1, 1000), 'no second refresh request within a second after those lookups')
   t.equal(c.sim.control.stats().refreshes, 1, 'still exactly one refresh')
   t.equal(refreshRequests(c), 1)
   await assertRefreshTokenAlive(t, c, 'm_bg')
@@ -188,10 +210,35 @@ t.test('a lock holder that died mid-refresh', async t => {
     t.equal(assertAll200SameToken(t, await storm(c, 'm_dead_bg', 60), 'behind a dead lock'), old)
     t.ok(await until(() => c.sim.control.stats().refreshes >= 1, 10_000), 'refreshed after the lock expired')
     t.ok(await until(async () => (await storm(c, 'm_dead_bg', 3)).every(a => a.json().access_token !== old), 5000), 'every replica moves on')
-    await sleep(300)
+    t.ok(await until(async () => await c.redis.exists(`${c.prefix}lock:{m_dead_bg}`) === 0, 5000), 'the lock was released')
+    t.not((await c.stored('m_dead_bg')).accessToken, old, 'the refresh was stored')
+    t.notOk(await until(() => refreshRequests(c) > 1, 1000), 'no second refresh request within a second')
     t.equal(c.sim.control.stats().refreshes, 1, 'exactly one refresh')
     await assertRefreshTokenAlive(t, c, 'm_dead_bg')
   })
+})
+
+t.test('a holder whose lock was taken over leaves the new owner\'s lock alone', async t => {
+  const c = await cluster(t, 1)
+  const [a] = c.replicas
+  await connect(t, c, 'm_lock_owner', a)
+  const old = await warm(t, c, 'm_lock_owner')
+  c.sim.control.setBehavior({ delayMs: 800, grantType: 'refresh_token' })
+  c.advance(NEARLY_EXPIRED_MS)
+  const key = `${c.prefix}lock:{m_lock_owner}`
+  const pending = c.lookup(a, 'm_lock_owner')
+  t.ok(await until(() => refreshRequests(c) === 1, 5000), 'the refresh is at CyberSource')
+  const held = await c.redis.get(key)
+  t.type(held, 'string', 'the replica holds the lock')
+  // As if its lock had expired and another replica had taken it.
+  await c.redis.set(key, 'another-replica', 'PX', 30_000)
+  const res = await pending
+  t.equal(res.statusCode, 200, said(res))
+  t.equal(await c.redis.get(key), 'another-replica', 'the other owner\'s lock was not released')
+  t.ok(await c.redis.pttl(key) > 20_000, 'nor renewed')
+  t.not(res.json().access_token, old, 'a new token')
+  t.equal((await c.stored('m_lock_owner')).accessToken, res.json().access_token, 'stored')
+  t.equal(c.sim.control.stats().refreshes, 1)
 })
 
 t.test('a replica shut down mid-refresh stores the tokens CyberSource issued', async t => {
@@ -205,7 +252,7 @@ t.test('a replica shut down mid-refresh stores the tokens CyberSource issued', a
   t.ok(await until(() => refreshRequests(c) === 1, 5000), 'the refresh is under way')
   await a.app.close()
   const res = await pending
-  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.statusCode, 200, said(res))
   t.not(res.json().access_token, old)
   const rec = await c.stored('m_close')
   t.equal(rec.accessToken, res.json().access_token, 'stored before the replica went away')
@@ -232,7 +279,7 @@ t.test('a stale writer never overwrites a newer pair', async t => {
     t.equal(onboarded.lastRefreshedAt, null)
 
     const res = await forced
-    t.equal(res.statusCode, 200, res.body)
+    t.equal(res.statusCode, 200, said(res))
     t.match(res.json(), { merchant_id: 'm_race', status: 'connected', last_refreshed_at: null }, 'answers with the newer (onboarding) record')
     t.equal(c.sim.control.stats().refreshes, 1, 'the refresh did succeed at CyberSource')
     const final = await c.stored('m_race')
@@ -249,16 +296,11 @@ t.test('a stale writer never overwrites a newer pair', async t => {
   await t.test('blocking lookup racing a new onboarding', async t => {
     const c = await cluster(t)
     const [a, b] = c.replicas
-    await connect(t, c, 'm_race2', a)
-    await warm(t, c, 'm_race2')
-    c.sim.control.setBehavior({ delayMs: 1000, grantType: 'refresh_token' })
-    c.advance(NEARLY_EXPIRED_MS)
-    const pending = c.lookup(a, 'm_race2')
-    t.ok(await until(() => refreshRequests(c) === 1, 5000), 'the refresh reached CyberSource')
+    const { pending } = await refreshUnderWay(t, c, 'm_race2', a, { delayMs: 1000 })
     await connect(t, c, 'm_race2', b)
     const onboarded = await c.stored('m_race2')
     const res = await pending
-    t.equal(res.statusCode, 200, res.body)
+    t.equal(res.statusCode, 200, said(res))
     t.equal(res.json().access_token, onboarded.accessToken, 'the lookup answers with the onboarding\'s token')
     t.ok(res.json().expires_in >= 895)
     const final = await c.stored('m_race2')
@@ -266,6 +308,64 @@ t.test('a stale writer never overwrites a newer pair', async t => {
     t.equal(final.version, onboarded.version)
     c.sim.control.setBehavior({})
     await assertRefreshTokenAlive(t, c, 'm_race2')
+  })
+})
+
+t.test('a refresh under way when the merchant is deleted never brings it back', async t => {
+  const del = async (c: Cluster, replica: Built, mid: string): Promise<number> =>
+    (await replica.app.inject({ method: 'DELETE', url: `/internal/v1/merchants/${mid}`, headers: replica.auth })).statusCode
+
+  await t.test('deleted: the refresh\'s tokens are dropped, the merchant stays gone', async t => {
+    const c = await cluster(t)
+    const [a, b, third] = c.replicas
+    const { pending } = await refreshUnderWay(t, c, 'm_gone', a, { delayMs: 1500 })
+    t.equal(await del(c, b, 'm_gone'), 204, 'deleted while the refresh runs')
+    const res = await pending
+    t.equal(res.statusCode, 404, `the waiting lookup learns the merchant is gone: ${res.statusCode}`)
+    t.equal(c.sim.control.stats().refreshes, 1, 'CyberSource did refresh')
+    t.equal(await c.store.get('m_gone'), undefined, 'nothing was written after the delete')
+    t.same(await scanKeys(c.redis, `${c.prefix}*{m_gone}*`), [], 'no key of the merchant is left')
+    for (const r of [a, b, third]) t.equal((await c.lookup(r, 'm_gone')).statusCode, 404, 'every replica answers 404')
+  })
+
+  await t.test('deleted and onboarded again: the new onboarding stands', async t => {
+    const c = await cluster(t)
+    const [a, b, third] = c.replicas
+    const { pending, old } = await refreshUnderWay(t, c, 'm_again', a, { delayMs: 1500 })
+    t.equal(await del(c, b, 'm_again'), 204)
+    await connect(t, c, 'm_again', b)
+    const onboarded = await c.stored('m_again')
+    t.equal(onboarded.version, 1, 'the version counter started again: only the grant tells the two apart')
+    const res = await pending
+    t.equal(res.statusCode, 200, said(res))
+    t.equal(res.json().access_token, onboarded.accessToken, 'the lookup answers with the new onboarding\'s token')
+    const final = await c.stored('m_again')
+    t.equal(final.accessToken, onboarded.accessToken, 'the old grant\'s refresh wrote nothing')
+    t.equal(final.refreshToken, onboarded.refreshToken)
+    t.equal(final.grant, onboarded.grant)
+    t.equal(final.version, onboarded.version)
+    for (const r of [a, b, third]) {
+      const got = await c.lookup(r, 'm_again')
+      t.equal(got.json().access_token, onboarded.accessToken, 'every replica serves the new onboarding')
+      t.not(got.json().access_token, old)
+    }
+    c.sim.control.setBehavior({})
+    await assertRefreshTokenAlive(t, c, 'm_again')
+  })
+
+  await t.test('deleted and onboarded again while the old grant is rejected: the new onboarding stays connected', async t => {
+    const c = await cluster(t)
+    const [a, b] = c.replicas
+    const { pending } = await refreshUnderWay(t, c, 'm_again409', a, { delayMs: 1500, fault: 'invalid_grant' })
+    t.equal(await del(c, b, 'm_again409'), 204)
+    await connect(t, c, 'm_again409', b)
+    const onboarded = await c.stored('m_again409')
+    const res = await pending
+    t.equal(res.statusCode, 200, `the rejection of the old grant does not touch the new one: ${said(res)}`)
+    const final = await c.stored('m_again409')
+    t.equal(final.status, 'connected', 'still connected')
+    t.equal(final.version, onboarded.version, 'not marked')
+    c.sim.control.setBehavior({})
   })
 })
 
@@ -277,7 +377,7 @@ t.test('reauthorization seen by one replica is lifted by an onboarding on anothe
   c.sim.control.revokeRefreshTokens('m_lost')
   c.advance(NEARLY_EXPIRED_MS)
   const res = await c.lookup(a, 'm_lost')
-  t.equal(res.statusCode, 409, res.body)
+  t.equal(res.statusCode, 409, said(res))
   // Drop every pub/sub connection: the next change messages are lost while they reconnect.
   await c.redis.client('KILL', 'TYPE', 'pubsub')
   await connect(t, c, 'm_lost', b)
@@ -347,7 +447,7 @@ t.test('the in-process cache is dropped when the subscriber reconnects', async t
   const del = await a.app.inject({ method: 'DELETE', url: '/internal/v1/merchants/m_sub_deleted', headers: a.auth })
   t.equal(del.statusCode, 204)
   const forced = await a.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_sub_refreshed/refresh', headers: a.auth })
-  t.equal(forced.statusCode, 200, forced.body)
+  t.equal(forced.statusCode, 200, said(forced))
   // Subscriptions only come back, so none now means none when the changes were published.
   t.equal(await subscribers(), 0, 'the changes were published while no subscriber listened')
   t.ok(await until(async () => await subscribers() === 2, 10_000), 'both subscribers are back')
@@ -380,7 +480,7 @@ t.test('a forced refresh while a due background refresh of the same merchant is 
 
       const startedAt = c.now()
       const res = await forcer.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_force_due/refresh', headers: forcer.auth })
-      t.equal(res.statusCode, 200, res.body)
+      t.equal(res.statusCode, 200, said(res))
       const s = res.json()
       t.equal(s.status, 'connected')
       t.ok(s.last_refreshed_at !== null && Date.parse(s.last_refreshed_at) >= startedAt, `refreshed after the forced request started (${s.last_refreshed_at} vs ${new Date(startedAt).toISOString()})`)
@@ -411,7 +511,7 @@ t.test('a forced refresh while a due background refresh of the same merchant is 
     c.advance(-PAST_REFRESH_POINT_MS)
     const startedAt = c.now()
     const res = await a.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_force_noop/refresh', headers: a.auth })
-    t.equal(res.statusCode, 200, res.body)
+    t.equal(res.statusCode, 200, said(res))
     const s = res.json()
     t.ok(s.last_refreshed_at !== null && Date.parse(s.last_refreshed_at) >= startedAt, `the forced refresh happened (last_refreshed_at ${s.last_refreshed_at})`)
     t.equal(refreshRequests(c), 1, 'exactly one refresh request: the forced one')

@@ -57,10 +57,12 @@ t.test('put and get: encrypted round trip', async t => {
   const r = record('m_1', { lastRefreshedAt: Date.now() - 1000 })
   t.equal(await store.put(r), 1, 'first version is 1')
   const got = await store.get('m_1')
-  t.same(got, { ...r, version: 1 }, 'every field comes back')
+  const grant = got?.grant ?? ''
+  t.match(grant, /^[A-Za-z0-9_-]{16}$/, 'a grant id')
+  t.same(got, { ...r, version: 1, grant }, 'every field comes back')
   const meta = await store.getMeta('m_1')
   const { accessToken: _a, refreshToken: _r, ...metadata } = r
-  t.same(meta, { ...metadata, version: 1 }, 'metadata without tokens')
+  t.same(meta, { ...metadata, version: 1, grant }, 'metadata without tokens')
   t.notOk(meta !== undefined && ('accessToken' in meta || 'refreshToken' in meta), 'getMeta carries no token')
 
   const nullRefresh = record('m_null')
@@ -77,29 +79,37 @@ t.test('put and get: encrypted round trip', async t => {
   t.equal(ring.decrypt(hash.refresh_token_enc, 'm_1', 'refresh_token'), r.refreshToken)
 })
 
-t.test('put with expectedVersion is compare-and-set', async t => {
+t.test('put with an expected version and grant is compare-and-set', async t => {
   const { store } = await setup(t)
   const r1 = record('m_cas')
   t.equal(await store.put(r1), 1)
+  const grant = (await store.getMeta('m_cas'))?.grant ?? ''
+  t.match(grant, /^[A-Za-z0-9_-]{16}$/, 'a new onboarding gets a random grant id')
+  const at = (version: number): { version: number, grant: string } => ({ version, grant })
   const r2 = record('m_cas', { lastRefreshedAt: Date.now() })
-  t.equal(await store.put(r2, 1), 2, 'the expected version matches: written, version 2')
+  t.equal(await store.put(r2, at(1)), 2, 'the expected version matches: written, version 2')
+  t.equal((await store.getMeta('m_cas'))?.grant, grant, 'a compare-and-set write keeps the grant')
+  t.equal(await store.put(record('m_cas'), { version: 2, grant: 'another-grant-id' }), undefined, 'the version matches but not the grant: not written')
   const stale = record('m_cas')
-  t.equal(await store.put(stale, 1), undefined, 'a stale expected version: not written')
+  t.equal(await store.put(stale, at(1)), undefined, 'a stale expected version: not written')
   const now = await store.get('m_cas')
   t.equal(now?.version, 2, 'version unchanged')
   t.equal(now?.accessToken, r2.accessToken, 'the newer pair is kept')
   t.equal(now?.refreshToken, r2.refreshToken)
-  t.equal(await store.put(record('m_cas'), 3), undefined, 'a future version: not written')
-  t.equal(await store.put(record('m_cas'), 0), undefined, 'version 0: not written')
+  t.equal(await store.put(record('m_cas'), at(3)), undefined, 'a future version: not written')
+  t.equal(await store.put(record('m_cas'), at(0)), undefined, 'version 0: not written')
   t.equal((await store.get('m_cas'))?.accessToken, r2.accessToken)
   const r3 = record('m_cas')
-  t.equal(await store.put(r3), 3, 'an unconditional put still increments')
+  t.equal(await store.put(r3), 3, 'an unconditional put (a new onboarding) still increments')
+  const newGrant = (await store.getMeta('m_cas'))?.grant
+  t.not(newGrant, grant, 'and starts a new grant')
   t.equal((await store.get('m_cas'))?.accessToken, r3.accessToken)
-  t.equal(await store.put(record('m_none'), 1), undefined, 'expected version on a missing record: not written')
+  t.equal(await store.put(record('m_cas'), at(3)), undefined, 'the old grant no longer writes')
+  t.equal(await store.put(record('m_none'), at(1)), undefined, 'expected version on a missing record: not written')
   t.equal(await store.get('m_none'), undefined, 'and nothing created')
 
   // Two writers racing from the same version: exactly one wins.
-  const results = await Promise.all(Array.from({ length: 20 }, async () => await store.put(record('m_cas'), 3)))
+  const results = await Promise.all(Array.from({ length: 20 }, async () => await store.put(record('m_cas'), { version: 3, grant: newGrant ?? '' })))
   t.equal(results.filter(v => v === 4).length, 1, 'one of 20 concurrent CAS writes wins')
   t.equal(results.filter(v => v === undefined).length, 19)
 })
@@ -115,7 +125,8 @@ t.test('the record lives until the refresh token expires plus RECORD_GRACE_MS', 
     const expected = expiresAt + RECORD_GRACE_MS - before
     t.ok(pttl <= expected + 5 && pttl > expected - 5000, `refresh token ${lifetime / HOUR} h: PTTL ${pttl} ≈ ${expected}`)
   }
-  t.equal(await store.markReauthorizationRequired('m_ttl', 3), 4)
+  const meta = await store.getMeta('m_ttl')
+  t.equal(await store.markReauthorizationRequired('m_ttl', { version: 3, grant: meta?.grant ?? '' }), 4)
   t.ok(await redis.pttl(keys.merchant('m_ttl')) > 0, 'marking keeps the expiry')
 })
 
@@ -123,17 +134,19 @@ t.test('markReauthorizationRequired is compare-and-set and keeps the tokens', as
   const { store } = await setup(t)
   const r = record('m_re')
   await store.put(r)
-  t.equal(await store.markReauthorizationRequired('m_re', 2), undefined, 'stale version: not marked')
+  const grant = (await store.getMeta('m_re'))?.grant ?? ''
+  t.equal(await store.markReauthorizationRequired('m_re', { version: 2, grant }), undefined, 'stale version: not marked')
+  t.equal(await store.markReauthorizationRequired('m_re', { version: 1, grant: 'another-grant-id' }), undefined, 'another grant: not marked')
   t.equal((await store.getMeta('m_re'))?.status, 'connected')
-  t.equal(await store.markReauthorizationRequired('m_re', 1), 2, 'current version: marked, version 2')
+  t.equal(await store.markReauthorizationRequired('m_re', { version: 1, grant }), 2, 'current version and grant: marked, version 2')
   const got = await store.get('m_re')
   t.equal(got?.status, 'reauthorization_required')
   t.equal(got?.accessToken, r.accessToken, 'tokens kept')
   t.equal(got?.refreshToken, r.refreshToken)
-  t.equal(await store.markReauthorizationRequired('m_re', 1), undefined, 'the old version no longer matches')
-  t.equal(await store.markReauthorizationRequired('m_missing', 1), undefined, 'missing merchant: undefined')
+  t.equal(await store.markReauthorizationRequired('m_re', { version: 1, grant }), undefined, 'the old version no longer matches')
+  t.equal(await store.markReauthorizationRequired('m_missing', { version: 1, grant: '' }), undefined, 'missing merchant: undefined')
   t.equal(await store.get('m_missing'), undefined, 'and nothing created')
-  t.equal(await store.put(record('m_re'), 2), 3, 'a new onboarding over it')
+  t.equal(await store.put(record('m_re')), 3, 'a new onboarding over it')
   t.equal((await store.getMeta('m_re'))?.status, 'connected')
 })
 
@@ -196,10 +209,18 @@ t.test('list pages through 250 merchants, each exactly once', async t => {
 })
 
 t.test('list rejects a cursor it did not make', async t => {
-  const { store } = await setup(t)
+  const { redis, store } = await setup(t)
   for (const id of ['m_1', 'm_2', 'm_3']) await store.put(record(id))
   const b64 = (s: string): string => Buffer.from(s).toString('base64url')
-  const bad = ['garbage', '!!!', '', 'a'.repeat(65), b64('1:0:0'), b64('9999:0:0'), b64('0:abc:0'), b64('0:0'), b64('-1:0:0'), b64('0:0:0:0'), b64(`0:0:${'9'.repeat(7)}`)]
+  // Only cursors the store sealed are parsed: well-formed ones it did not make are refused too
+  // (a forged SCAN cursor above 2^64 made Redis fail), as are real ones with a changed byte.
+  const { nextCursor } = await store.list(1)
+  if (nextCursor === null) throw new Error('expected a second page')
+  const tampered = nextCursor.slice(0, -2) + (nextCursor.endsWith('AA') ? 'AB' : 'AA')
+  const otherRing = createTokenStore(redis, createKeyRing([{ kid: 'other', key: randomBytes(32) }]), keys)
+  const foreign = (await otherRing.list(1)).nextCursor ?? 'none'
+  const bad = ['garbage', '!!!', '', 'a'.repeat(65), b64('1:0:0'), b64('9999:0:0'), b64('0:abc:0'), b64('0:0'), b64('-1:0:0'), b64('0:0:0:0'), b64(`0:0:${'9'.repeat(7)}`),
+    b64('0:0:0'), b64('0:99999999999999999999:0'), `${b64('0:99999999999999999999:0')}.${'A'.repeat(22)}`, tampered, foreign]
   for (const cursor of bad) {
     let caught: unknown
     try {
@@ -209,7 +230,7 @@ t.test('list rejects a cursor it did not make', async t => {
     }
     t.ok(caught instanceof InvalidRequestError, `cursor ${JSON.stringify(cursor.slice(0, 20))}: InvalidRequestError`)
   }
-  t.equal((await store.list(10, b64('0:0:0'))).items.length, 3, 'a well-formed cursor from the start works')
+  t.equal((await store.list(10, nextCursor)).items.length, 2, 'the cursor the store issued works')
 })
 
 t.test('Redis down: every operation fails with StorageUnavailableError', async t => {
@@ -219,7 +240,7 @@ t.test('Redis down: every operation fails with StorageUnavailableError', async t
     await t.rejects(store.get('m_1'), StorageUnavailableError)
     await t.rejects(store.getMeta('m_1'), StorageUnavailableError)
     await t.rejects(store.put(record('m_1')), StorageUnavailableError)
-    await t.rejects(store.markReauthorizationRequired('m_1', 1), StorageUnavailableError)
+    await t.rejects(store.markReauthorizationRequired('m_1', { version: 1, grant: '' }), StorageUnavailableError)
     await t.rejects(store.delete('m_1'), StorageUnavailableError)
     await t.rejects(store.list(10), StorageUnavailableError)
   })
