@@ -5,11 +5,10 @@ import { performance } from 'node:perf_hooks'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
 import type { DestinationStream } from 'pino'
 import helmet from '@fastify/helmet'
-import formbody from '@fastify/formbody'
 import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
-import { UriTooLongError } from './errors.js'
-import { errorBody } from '../plugins/errors.js'
+import { UriTooLongError, errorBody } from './errors.js'
+import { answerExpectationFailed, clientErrorHandler } from './client-errors.js'
 import { createLogger, RequestLogger } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
@@ -69,30 +68,37 @@ export function createServer (config: Config, opts: { pretty?: boolean, logStrea
     // request are off (they would also log the callback's query string).
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: (req) => {
+      // The browser routes make their own (routes/oauth, setGenReqId).
       const given = req.headers['x-correlation-id']
-      // Random, not a counter: ids are shown on public pages and must not reveal request rates.
       return typeof given === 'string' && CORRELATION_ID.test(given) ? given : randomUUID()
     },
     bodyLimit: 16 * 1024,
     routerOptions: { maxParamLength: 128 },
-    // A request must arrive within 60 s (headers within Node's 60 s headersTimeout) and an idle
-    // keep-alive connection closes after 10 s. No socket inactivity timeout on top: it would
-    // re-arm a timer on every request and covers nothing these do not.
+    // Headers must arrive within 10 s (checked every second, not Node's default 30 s) and the
+    // whole request within 60 s; an idle keep-alive connection closes after 10 s. No socket
+    // inactivity timeout on top: it would re-arm a timer on every request and covers nothing
+    // these do not.
+    http: { headersTimeout: 10_000, connectionsCheckingInterval: 1000 },
     requestTimeout: 60_000,
     keepAliveTimeout: 10_000,
+    clientErrorHandler,
     return503OnClosing: true,
     trustProxy: config.trustProxy,
     // A malformed URL or an over-long path parameter: a 400 with a fixed message (Fastify's own
     // echoes the URL, whose query may hold an authorization code), as a page on browser routes.
     // No hook runs for it: it sets the headers that the app's and the browser routes' give.
     frameworkErrors: (_err, request, reply) => {
-      const r = answerHeaders((reply as FastifyReply).code(400), request.id)
-      return request.url.startsWith('/oauth/')
-        ? pageHeaders(r).type('text/html; charset=utf-8').send(failurePage('invalid_request', request.id))
-        : r.send(errorBody('invalid_request', 'The request URL is malformed', request.id))
+      if (!request.url.startsWith('/oauth/')) {
+        return answerHeaders((reply as FastifyReply).code(400), request.id).send(errorBody('invalid_request', 'The request URL is malformed', request.id))
+      }
+      // A page shows its id: the service's own, as on every browser route.
+      const id = randomUUID()
+      return pageHeaders(answerHeaders((reply as FastifyReply).code(400), id)).type('text/html; charset=utf-8').send(failurePage('invalid_request', id))
     }
   })
   server.setValidatorCompiler(validatorCompiler)
+  // An Expect header other than 100-continue: Node answers 417 itself, bare; in the error shape here.
+  server.server.on('checkExpectation', answerExpectationFailed)
   server.log = log
   return server
 }
@@ -115,7 +121,6 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     answerHeaders(reply, request.id)
     done(null, payload)
   })
-  await fastify.register(formbody)
   await fastify.register(metricsPlugin)
   await fastify.register(redisPlugin)
   await fastify.register(cybersourcePlugin)

@@ -2,7 +2,7 @@
 // per-request logger. URLs are logged without their query string (the callback's carries the
 // authorization code); credentials are redacted.
 import type { FastifyBaseLogger } from 'fastify'
-import { pino, type Bindings, type ChildLoggerOptions, type DestinationStream, type LogFn, type Logger, type LoggerOptions } from 'pino'
+import { pino, stdSerializers, type Bindings, type ChildLoggerOptions, type DestinationStream, type LogFn, type Logger, type LoggerOptions } from 'pino'
 
 const SECRET_FIELDS = [
   'authorization', 'access_token', 'refresh_token', 'accessToken', 'refreshToken',
@@ -24,13 +24,33 @@ export const pathOnly = (url: string): string => {
   return q < 0 ? url : url.slice(0, q)
 }
 
+/**
+ * pino's error serializer, less what a failed Redis command carries: ioredis puts the command's
+ * arguments on its errors (`command.args`), and for a write those are ciphertext and metadata.
+ * Errors wrapped as a cause are cleaned the same way.
+ */
+export function serializeError (err: Error): Record<string, unknown> {
+  const out = stdSerializers.err(err) as unknown as Record<string, unknown>
+  for (let e: Record<string, unknown> | undefined = out, depth = 0; e !== undefined && depth < 8; depth++) {
+    const command = e.command as { name?: unknown } | undefined
+    if (command !== undefined && command !== null) e.command = { name: command.name }
+    delete e.args
+    delete e.previousErrors
+    // A copy: the cause is the caller's own error object, which logging must not change.
+    if (typeof e.cause === 'object' && e.cause !== null) e.cause = { ...e.cause }
+    e = typeof e.cause === 'object' && e.cause !== null ? e.cause as Record<string, unknown> : undefined
+  }
+  return out
+}
+
 export function loggerOptions (level: string, opts: { pretty?: boolean } = {}): LoggerOptions {
   return {
     level,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     serializers: {
       req: (req: { method: string, url: string, id: string }) => ({ method: req.method, url: pathOnly(req.url), id: req.id }),
-      res: (res: { statusCode: number }) => ({ statusCode: res.statusCode })
+      res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+      err: serializeError
     },
     ...(opts.pretty === true ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {})
   }

@@ -36,8 +36,14 @@ export const MerchantStatusSchema = Type.Object({
 export type MerchantStatus = Static<typeof MerchantStatusSchema>
 
 export const ListQuerySchema = Type.Object({
-  limit: Type.Integer({ minimum: 1, maximum: 500, default: 100 }),
-  cursor: Type.Optional(Type.String({ maxLength: 64 }))
+  // An integer, coerced from the query's text; the text is held to digits first, because Ajv
+  // coerces 'Infinity' (and '1e400') to a number and checks ranges of finite numbers only.
+  limit: Type.Unsafe<number>({
+    allOf: [{ type: 'string', pattern: '^[0-9]{1,3}$' }, { type: 'integer', minimum: 1, maximum: 500 }],
+    default: 100,
+    description: '1-500'
+  }),
+  cursor: Type.Optional(Type.String({ maxLength: 128 }))
 })
 
 /**

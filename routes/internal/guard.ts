@@ -15,9 +15,10 @@ declare module 'fastify' {
 export function addBearerGuard (app: FastifyInstance): void {
   const verify = createApiKeyVerifier(app.config.internalApiKeys)
   if (!app.hasRequestDecorator('caller')) app.decorateRequest('caller', '')
-  app.addHook('onRequest', (request, _reply, done) => {
+  app.addHook('onRequest', (request, reply, done) => {
     const caller = verify(request.headers.authorization)
     if (caller === undefined) {
+      reply.header('www-authenticate', 'Bearer')
       done(new UnauthorizedError())
       return
     }

@@ -1,5 +1,6 @@
 // Browser-facing onboarding routes: /oauth/connect and /oauth/callback.
 // Answers are small HTML pages (src/pages.ts), or redirects to ONBOARDING_SUCCESS_URL / ONBOARDING_FAILURE_URL.
+import { randomUUID } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { FAILURES, failurePage, pageHeaders, renderPage, type PageReason } from '../../src/pages.js'
@@ -27,6 +28,9 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
   }
 
   app.addHook('onSend', async (_request, reply) => { pageHeaders(reply) })
+  // A page shows its correlation id and the log keeps it: never one the sender chose (the
+  // internal API takes a caller's own). Random, not a counter: it must not reveal request rates.
+  app.setGenReqId(() => randomUUID())
 
   app.setErrorHandler(async (err, request, reply) => {
     if (err instanceof StorageUnavailableError) {
@@ -45,12 +49,13 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
     return await reply.code(500).type(HTML).send(renderPage('Something went wrong', ['Please try again from the partner portal.'], request.id))
   })
 
-  app.get('/connect', { schema: { querystring: ConnectQuerySchema } }, async (request, reply) => {
+  // GET only: a HEAD (a link checker, a mail scanner) must not create a state or spend a code.
+  app.get('/connect', { exposeHeadRoute: false, schema: { querystring: ConnectQuerySchema } }, async (request, reply) => {
     const { url } = await app.onboarding.start(request.query.merchant_id)
     return await reply.redirect(url, 302)
   })
 
-  app.get('/callback', { schema: { querystring: CallbackQuerySchema } }, async (request, reply) => {
+  app.get('/callback', { exposeHeadRoute: false, schema: { querystring: CallbackQuerySchema } }, async (request, reply) => {
     const { code, state } = request.query
     const outcome = await app.onboarding.complete({ code, state }, request.log)
     app.metrics.callbacks.inc({ outcome: outcome.ok ? 'connected' : outcome.reason })

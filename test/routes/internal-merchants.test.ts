@@ -6,12 +6,12 @@ import { createServer } from 'node:http'
 import { Redis } from 'ioredis'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import { build, onboard, type BuildOptions, type Built, until } from '../helper.js'
+import { build, onboard, secrets, CLIENT_ID, type BuildOptions, type Built, until } from '../helper.js'
 import { startRedis } from '../helpers/redis.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
-import { TOKEN_PATH, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
+import { TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
 
 /** Past the background refresh point (2/3 ± 10 %) but with 180 s of validity left. */
 const PAST_REFRESH_POINT_MS = 720_000
@@ -37,10 +37,27 @@ interface Harness {
   assertNoRefreshTokenLeaked: (t: Test, mids: string[]) => Promise<void>
 }
 
-async function harness (t: Test, opts: Omit<BuildOptions, 'now'> & { sim?: Partial<SimulatorOptions> } = {}): Promise<Harness> {
+interface HarnessOptions extends Omit<BuildOptions, 'now'> {
+  sim?: Partial<SimulatorOptions>
+  /** The clock moves only with advance(). */
+  frozen?: boolean
+  /** Hooks added to the simulator before it listens. */
+  beforeListen?: (sim: Simulator) => void
+}
+
+async function harness (t: Test, opts: HarnessOptions = {}): Promise<Harness> {
   let offset = 0
-  const now = (): number => Date.now() + offset
-  const { sim, ...rest } = opts
+  const start = Date.now()
+  const now = opts.frozen === true ? (): number => start + offset : (): number => Date.now() + offset
+  const { sim, frozen: _frozen, beforeListen, ...rest } = opts
+  if (beforeListen !== undefined) {
+    rest.secrets ??= secrets()
+    const s = buildSimulator({ clientId: CLIENT_ID, clientSecret: rest.secrets.clientSecret, now, ...sim })
+    beforeListen(s)
+    await s.app.listen({ host: '127.0.0.1', port: 0 })
+    t.teardown(async () => await s.app.close())
+    rest.simulator = { ...s, url: `http://127.0.0.1:${(s.app.server.address() as { port: number }).port}` }
+  }
   const b = await build(t, { ...rest, now, simulatorOptions: { now, ...sim } })
   const redis = new Redis(b.redis.url, { maxRetriesPerRequest: 1 })
   redis.on('error', () => {})
@@ -88,6 +105,13 @@ async function harness (t: Test, opts: Omit<BuildOptions, 'now'> & { sim?: Parti
   }
 }
 
+/** The status and error code of an answer: a lookup's body holds a token and never goes into a message. */
+function said (res: { statusCode: number, body: string }): string {
+  let code: unknown
+  try { code = (JSON.parse(res.body) as { error?: { code?: unknown } }).error?.code } catch {}
+  return typeof code === 'string' ? `${res.statusCode} ${code}` : String(res.statusCode)
+}
+
 const refreshRequests = (b: Built): number => b.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length
 const errorCode = (res: { body: string }): string => (JSON.parse(res.body) as { error: { code: string } }).error?.code
 
@@ -103,7 +127,7 @@ t.test('lookup and status shapes', async t => {
   const rec = await stored(h, 'm_shape')
 
   const res = await h.lookup('m_shape')
-  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.statusCode, 200, said(res))
   t.equal(res.headers['cache-control'], 'no-store')
   t.match(String(res.headers['content-type']), /^application\/json/)
   const body = res.json()
@@ -121,7 +145,7 @@ t.test('lookup and status shapes', async t => {
   t.equal(body.scope, SCOPE)
 
   const st = await h.status('m_shape')
-  t.equal(st.statusCode, 200, st.body)
+  t.equal(st.statusCode, 200, said(st))
   const s = st.json()
   t.same(Object.keys(s).sort(), [
     'access_token_expires_at', 'client_status', 'connected_at', 'last_refreshed_at', 'merchant_id',
@@ -159,7 +183,7 @@ t.test('GET and HEAD lookups take one path: the same headers (real HTTP)', async
   }
   const get = await fetchLookup('GET')
   const head = await fetchLookup('HEAD')
-  t.equal(get.status, 200, get.body)
+  t.equal(get.status, 200, said({ statusCode: get.status, body: get.body }))
   t.equal(head.status, 200)
   t.equal(head.body, '', 'no body for a HEAD')
   t.equal((JSON.parse(get.body) as { merchant_id: string }).merchant_id, 'm_head')
@@ -198,7 +222,7 @@ t.test('an onSend hook added beside the app sees every lookup answer (no route a
 })
 
 t.test('the lookup body follows the clock and the token', async t => {
-  const h = await harness(t)
+  const h = await harness(t, { frozen: true })
   await h.onboard('m_clock')
   // expires_in of a lookup answered between two clock readings: floor((expiry - now) / 1000).
   const lookupWithin = async (): Promise<{ res: Awaited<ReturnType<Harness['lookup']>>, range: [number, number] }> => {
@@ -214,7 +238,7 @@ t.test('the lookup body follows the clock and the token', async t => {
   const first = await lookupWithin()
   inRange(t, first.res.json().expires_in, first.range, 'first lookup')
   const again = await lookupWithin()
-  if (again.res.json().expires_in === first.res.json().expires_in) t.equal(again.res.body, first.res.body, 'the same bytes while expires_in is unchanged')
+  t.equal(again.res.body, first.res.body, 'the same bytes while the clock stands still')
   h.advance(1000)
   const second = await lookupWithin()
   inRange(t, second.res.json().expires_in, second.range, 'one second later')
@@ -259,7 +283,7 @@ t.test('list pagination', async t => {
       let pages = 0
       do {
         const res = await h.call('GET', `/internal/v1/merchants?limit=${limit}${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)
-        t.equal(res.statusCode, 200, res.body)
+        t.equal(res.statusCode, 200, said(res))
         const page = res.json() as { items: Array<{ merchant_id: string, status: string }>, next_cursor: string | null }
         t.ok(page.items.length <= limit, `page ${pages}: at most ${limit} items`)
         for (const item of page.items) t.equal(item.status, 'connected')
@@ -273,8 +297,9 @@ t.test('list pagination', async t => {
       t.ok(sizes.slice(0, -1).every(n => n === limit), `every page but the last is full (${sizes.join(',')})`)
       // A page that ends exactly on the last merchant may be followed by one empty page
       // (SCAN cannot know that nothing follows); a partial page is always the last.
-      t.ok(pages === Math.ceil(7 / limit) || (7 % limit === 0 && pages === 7 / limit + 1 && sizes.at(-1) === 0), `${pages} pages`)
-      if (limit === 3) t.same(sizes, [3, 3, 1], '7 merchants, 3 per page: 3 pages')
+      const full = Array.from({ length: Math.floor(7 / limit) }, () => limit)
+      const expected = 7 % limit === 0 ? [full, [...full, 0]] : [[...full, 7 % limit]]
+      t.ok(expected.some(e => e.join(',') === sizes.join(',')), `page sizes ${sizes.join(',')}: full pages, then the rest`)
     })
   }
 
@@ -290,6 +315,41 @@ t.test('list pagination', async t => {
   await h.assertNoRefreshTokenLeaked(t, mids)
 })
 
+t.test('listing and counting merchants walk the key space with SCAN, never KEYS', async t => {
+  const h = await harness(t)
+  const mids = Array.from({ length: 7 }, (_, i) => `m_scan_${i}`)
+  for (const mid of mids) await h.onboard(mid)
+  const filler = h.redis.pipeline()
+  for (let i = 0; i < 500; i++) filler.set(`${h.b.config.redisKeyPrefix}other:${i}`, 'x')
+  await filler.exec()
+  // From here on, only the app talks to this Redis.
+  await h.redis.config('RESETSTAT')
+
+  const got: string[] = []
+  let cursor: string | null = null
+  let pages = 0
+  do {
+    const res = await h.call('GET', `/internal/v1/merchants?limit=2${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)
+    t.equal(res.statusCode, 200, said(res))
+    const page = res.json() as { items: Array<{ merchant_id: string }>, next_cursor: string | null }
+    got.push(...page.items.map(i => i.merchant_id))
+    cursor = page.next_cursor
+    pages++
+  } while (cursor !== null && pages < 20)
+  t.ok(pages >= 4, `the list took ${pages} pages`)
+  t.same(got.sort(), mids, 'every merchant listed')
+
+  const metrics = await h.b.app.inject({ url: '/metrics' })
+  t.equal(metrics.statusCode, 200)
+  t.match(metrics.body, /^cybs_merchants\{status="connected"\} 7$/m, 'the scrape counted the merchants')
+
+  const stats = await h.redis.info('commandstats')
+  const calls = (name: string): number => Number(new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0)
+  t.ok(calls('scan') >= pages, `SCAN was used (${calls('scan')} calls)`)
+  t.equal(calls('keys'), 0, 'KEYS was never called')
+  t.notMatch(stats, /^cmdstat_keys:/m, 'no KEYS in the command stats')
+})
+
 t.test('forced refresh', async t => {
   const h = await harness(t)
   await h.onboard('m_force')
@@ -298,7 +358,7 @@ t.test('forced refresh', async t => {
   h.advance(60_000)
 
   const res = await h.call('POST', '/internal/v1/merchants/m_force/refresh')
-  t.equal(res.statusCode, 200, res.body)
+  t.equal(res.statusCode, 200, said(res))
   const s = res.json()
   t.match(s, { merchant_id: 'm_force', status: 'connected', scope: SCOPE })
   t.match(s.last_refreshed_at, ISO)
@@ -398,10 +458,101 @@ async function expectReauthorization (t: Test, h: Harness, mid: string, healthy:
   await h.onboard(mid)
   t.equal((await h.status(mid)).json().status, 'connected', 'a new onboarding connects it again')
   const res = await h.lookup(mid)
-  t.equal(res.statusCode, 200, `lookup after the new onboarding: ${res.body}`)
+  t.equal(res.statusCode, 200, `lookup after the new onboarding: ${said(res)}`)
   t.equal(res.json().access_token, (await stored(h, mid)).accessToken)
   t.ok(res.json().expires_in > 800)
 }
+
+t.test('a refresh answer without refresh_token keeps the stored refresh token', async t => {
+  // CyberSource may leave refresh_token (and its lifetime) out of a refresh answer: the old one stands.
+  const strip = { on: false }
+  const h = await harness(t, {
+    beforeListen: sim => sim.app.addHook('onSend', async (request, _reply, payload) => {
+      const form = request.body as Record<string, unknown> | undefined
+      if (!strip.on || form?.grant_type !== 'refresh_token' || typeof payload !== 'string') return payload
+      const { refresh_token: _rt, refresh_token_expires_in: _exp, ...rest } = JSON.parse(payload) as Record<string, unknown>
+      return JSON.stringify(rest)
+    })
+  })
+  await h.onboard('m_no_rt')
+  const onboarded = await stored(h, 'm_no_rt')
+  strip.on = true
+
+  h.advance(60_000)
+  const forced = await h.call('POST', '/internal/v1/merchants/m_no_rt/refresh')
+  t.equal(forced.statusCode, 200, `forced refresh: ${said(forced)}`)
+  const afterForced = await stored(h, 'm_no_rt')
+  t.not(afterForced.accessToken, onboarded.accessToken, 'a new access token is stored')
+  t.equal(afterForced.refreshToken, onboarded.refreshToken, 'the stored refresh token is the old one, and it decrypts')
+  t.equal(afterForced.refreshTokenExpiresAt, onboarded.refreshTokenExpiresAt, 'with its old expiry')
+  t.equal(forced.json().refresh_token_expires_at, new Date(onboarded.refreshTokenExpiresAt).toISOString())
+
+  // The same through a lookup that has to refresh first.
+  h.advance(NEARLY_EXPIRED_MS)
+  const looked = await h.lookup('m_no_rt')
+  t.equal(looked.statusCode, 200, `lookup: ${said(looked)}`)
+  const afterLookup = await stored(h, 'm_no_rt')
+  t.not(afterLookup.accessToken, afterForced.accessToken, 'refreshed again')
+  t.equal(looked.json().access_token, afterLookup.accessToken)
+  t.equal(afterLookup.refreshToken, onboarded.refreshToken, 'still the old refresh token')
+  t.equal(h.b.sim.control.stats().refreshes, 2)
+
+  // CyberSource still honours it: a later refresh works and sends it.
+  strip.on = false
+  h.advance(60_000)
+  const later = await h.call('POST', '/internal/v1/merchants/m_no_rt/refresh')
+  t.equal(later.statusCode, 200, `a later refresh: ${said(later)}`)
+  const sent = h.b.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token')
+  t.same(sent.map(r => r.form.refresh_token === onboarded.refreshToken), [true, true, true], 'every refresh sent the original refresh token')
+  t.equal(h.b.sim.control.stats().refreshes, 3)
+  t.equal((await h.status('m_no_rt')).json().status, 'connected')
+  await h.assertNoRefreshTokenLeaked(t, ['m_no_rt'])
+})
+
+t.test('a refresh token expired by time → reauthorization_required, and CyberSource is not asked', async t => {
+  const h = await harness(t, { sim: { refreshTokenTtlSeconds: 3600 } })
+  await h.onboard('m_rt_expired')
+  const rec = await stored(h, 'm_rt_expired')
+  t.equal((await h.lookup('m_rt_expired')).statusCode, 200, 'the token is cached before the clock moves')
+  h.advance(rec.refreshTokenExpiresAt - h.now() + 1000)
+
+  const st = await h.status('m_rt_expired')
+  t.equal(st.statusCode, 200, said(st))
+  t.equal(st.json().status, 'reauthorization_required', 'the status says so')
+  for (let i = 0; i < 3; i++) {
+    const res = await h.lookup('m_rt_expired')
+    t.equal(res.statusCode, 409, `lookup ${i}: ${said(res)}`)
+    t.equal(errorCode(res), 'reauthorization_required')
+  }
+  const forced = await h.call('POST', '/internal/v1/merchants/m_rt_expired/refresh')
+  t.equal(forced.statusCode, 409, `forced refresh: ${said(forced)}`)
+  t.equal(errorCode(forced), 'reauthorization_required')
+  const listed = (await h.call('GET', '/internal/v1/merchants')).json().items.find((i: { merchant_id: string }) => i.merchant_id === 'm_rt_expired')
+  t.equal(listed?.status, 'reauthorization_required', 'the list agrees')
+  t.same(h.b.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token'), [], 'no token request was sent with the expired refresh token')
+
+  await h.onboard('m_rt_expired')
+  const again = await h.lookup('m_rt_expired')
+  t.equal(again.statusCode, 200, `a new onboarding connects it again: ${said(again)}`)
+  t.equal((await h.status('m_rt_expired')).json().status, 'connected')
+})
+
+t.test('a refresh token that expires before the access token is due: 409 on every replica, the one that cached it too', async t => {
+  // Refresh answers that leave out refresh_token_expires_in keep the old expiry, so an active
+  // merchant can reach it with a fresh access token in hand.
+  const h = await harness(t, { sim: { refreshTokenTtlSeconds: 300 } })
+  const other = await build(t, { redis: h.b.redis, simulator: h.b.sim, secrets: h.b.secrets, now: h.now })
+  await h.onboard('m_rt_first')
+  t.equal((await h.lookup('m_rt_first')).statusCode, 200, 'cached on this replica')
+  h.advance(301_000)
+  t.equal((await h.status('m_rt_first')).json().status, 'reauthorization_required', 'the status says so')
+  const cold = await other.app.inject({ url: '/internal/v1/merchants/m_rt_first/access-token', headers: other.auth })
+  t.equal(cold.statusCode, 409, `a replica without the token cached: ${said(cold)}`)
+  const warm = await h.lookup('m_rt_first')
+  t.equal(warm.statusCode, 409, `the replica with the token cached: ${said(warm)}`)
+  t.equal(errorCode(warm), 'reauthorization_required')
+  t.equal(refreshRequests(h.b), 0, 'no token request')
+})
 
 t.test('refresh token rejected → 409 reauthorization_required until a new onboarding', async t => {
   await t.test('revoked at CyberSource', async t => {
@@ -411,7 +562,7 @@ t.test('refresh token rejected → 409 reauthorization_required until a new onbo
     t.equal(h.b.sim.control.revokeRefreshTokens('m_revoked'), 1)
     h.advance(NEARLY_EXPIRED_MS)
     const res = await h.lookup('m_revoked')
-    t.equal(res.statusCode, 409, res.body)
+    t.equal(res.statusCode, 409, said(res))
     t.equal(errorCode(res), 'reauthorization_required')
     await expectReauthorization(t, h, 'm_revoked', () => {})
     await h.assertNoRefreshTokenLeaked(t, ['m_revoked'])
@@ -426,7 +577,7 @@ t.test('refresh token rejected → 409 reauthorization_required until a new onbo
       h.b.sim.control.setBehavior({ fault: 'invalid_grant', grantType: 'refresh_token' })
       h.advance(NEARLY_EXPIRED_MS)
       const res = await h.lookup(mid)
-      t.equal(res.statusCode, 409, `${oauthErrorStatus}: ${res.body}`)
+      t.equal(res.statusCode, 409, `${oauthErrorStatus}: ${said(res)}`)
       t.equal(errorCode(res), 'reauthorization_required')
       await expectReauthorization(t, h, mid, () => h.b.sim.control.setBehavior({}))
     }
@@ -459,7 +610,7 @@ t.test('CyberSource unavailable', async t => {
       // Past the refresh point with 180 s left: the current token is served.
       h.advance(PAST_REFRESH_POINT_MS)
       const res = await h.lookup('m_down')
-      t.equal(res.statusCode, 200, res.body)
+      t.equal(res.statusCode, 200, said(res))
       t.equal(res.json().access_token, old.access_token)
       t.ok(res.json().expires_in >= 170 && res.json().expires_in <= 180, `expires_in ${res.json().expires_in}`)
       t.ok(await until(() => refreshRequests(h.b) >= 1, 5000), 'a background refresh was attempted')
@@ -473,7 +624,7 @@ t.test('CyberSource unavailable', async t => {
       // < 60 s left: nothing valid to serve.
       h.advance(NEARLY_EXPIRED_MS - PAST_REFRESH_POINT_MS)
       const down = await h.lookup('m_down')
-      t.equal(down.statusCode, 503, down.body)
+      t.equal(down.statusCode, 503, said(down))
       t.equal(errorCode(down), 'upstream_unavailable')
       t.notOk(down.body.includes(old.access_token))
       const forced = await h.call('POST', '/internal/v1/merchants/m_down/refresh')
@@ -487,7 +638,7 @@ t.test('CyberSource unavailable', async t => {
       h.b.sim.control.setBehavior({})
       h.advance(1100)
       const back = await h.lookup('m_down')
-      t.equal(back.statusCode, 200, back.body)
+      t.equal(back.statusCode, 200, said(back))
       t.not(back.json().access_token, old.access_token, 'a new token')
       t.ok(back.json().expires_in >= 895, `a full lifetime (${back.json().expires_in})`)
       t.equal(h.b.sim.control.stats().refreshes, 1, 'exactly one successful refresh')
@@ -503,7 +654,7 @@ t.test('partner credentials rejected (invalid_client) → 503, error log, mercha
   h.b.sim.control.setBehavior({ fault: 'invalid_client', grantType: 'refresh_token' })
   h.advance(NEARLY_EXPIRED_MS)
   const res = await h.lookup('m_client')
-  t.equal(res.statusCode, 503, res.body)
+  t.equal(res.statusCode, 503, said(res))
   t.equal(errorCode(res), 'upstream_unavailable')
   const errors = h.b.logs.lines().filter(l => l.level === 50 && /partner credentials/.test(String(l.msg)))
   t.equal(errors.length, 1, 'one error-level line about the partner credentials')
@@ -515,7 +666,7 @@ t.test('partner credentials rejected (invalid_client) → 503, error log, mercha
   h.b.sim.control.setBehavior({})
   h.advance(1100)
   const back = await h.lookup('m_client')
-  t.equal(back.statusCode, 200, back.body)
+  t.equal(back.statusCode, 200, said(back))
   t.not(back.json().access_token, old.access_token)
   t.equal(h.b.sim.control.stats().refreshes, 1)
 })
@@ -569,7 +720,7 @@ t.test('only invalid_grant marks the merchant', async t => {
 
     h.advance(NEARLY_EXPIRED_MS - PAST_REFRESH_POINT_MS)
     const down = await h.lookup(mid)
-    t.equal(down.statusCode, 503, `< 60 s left: ${down.body}`)
+    t.equal(down.statusCode, 503, `< 60 s left: ${said(down)}`)
     t.equal(errorCode(down), 'upstream_unavailable')
     t.notOk(down.body.includes(old.access_token))
     t.equal((await h.status(mid)).json().status, 'connected', 'still connected')
@@ -591,7 +742,7 @@ t.test('only invalid_grant marks the merchant', async t => {
       h.b.sim.control.setBehavior({})
       h.advance(1100)
       const back = await h.lookup(mid)
-      t.equal(back.statusCode, 200, `recovers once CyberSource answers: ${back.body}`)
+      t.equal(back.statusCode, 200, `recovers once CyberSource answers: ${said(back)}`)
       t.equal(h.b.sim.control.stats().refreshes, 1)
     })
   }
@@ -610,7 +761,7 @@ t.test('only invalid_grant marks the merchant', async t => {
       front.refreshError.error = undefined
       h.advance(1100)
       const back = await h.lookup(mid)
-      t.equal(back.statusCode, 200, `recovers: ${back.body}`)
+      t.equal(back.statusCode, 200, `recovers: ${said(back)}`)
       t.equal(h.b.sim.control.stats().refreshes, 1)
     })
   }
@@ -626,7 +777,7 @@ t.test('only invalid_grant marks the merchant', async t => {
     t.equal(due.json().access_token, old.access_token)
     t.ok(await until(async () => (await h.status('m_only_grant')).json().status === 'reauthorization_required', 5000), 'marked')
     const res = await h.lookup('m_only_grant')
-    t.equal(res.statusCode, 409, res.body)
+    t.equal(res.statusCode, 409, said(res))
     t.equal(errorCode(res), 'reauthorization_required')
     t.equal(refreshRequests(h.b), 1, 'one refresh attempt')
   })
@@ -646,7 +797,7 @@ t.test('Redis down', async t => {
   t.equal(hot.statusCode, 200, 'a cached fresh token is still served')
   t.equal(hot.json().access_token, token)
   const expect503 = async (res: { statusCode: number, body: string }, what: string): Promise<void> => {
-    t.equal(res.statusCode, 503, `${what}: ${res.body}`)
+    t.equal(res.statusCode, 503, `${what}: ${said(res)}`)
     t.equal(errorCode(res), 'storage_unavailable', what)
   }
   await expect503(await h.status('m_redis'), 'status')
@@ -678,7 +829,7 @@ t.test('Redis down while a refresh is due → 503 storage_unavailable, then it r
   await redis.stop()
   h.advance(NEARLY_EXPIRED_MS)
   const res = await h.lookup('m_redis_due')
-  t.equal(res.statusCode, 503, res.body)
+  t.equal(res.statusCode, 503, said(res))
   t.equal(errorCode(res), 'storage_unavailable')
   t.notOk(res.body.includes(token))
   await redis.start()

@@ -2,9 +2,8 @@
 // simulator over real HTTP, and every response and log line searched for codes, tokens and secrets.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions, recordIssuedTokens } from '../helper.js'
+import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions, recordIssuedTokens, until } from '../helper.js'
 import { freePort, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import type { TokenStore } from '../../src/token-store.js'
@@ -82,11 +81,6 @@ async function setup (t: Tap, opts: SetupOptions = {}): Promise<Ctx> {
   contexts.push(ctx)
   return ctx
 }
-
-/**
- * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
- * teardown cannot stop a server that was already killed (it waits for an exit that never comes).
- */
 
 function query (pairs: Array<[string, string]>): string {
   return pairs.length === 0 ? '' : `?${pairs.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`).join('&')}`
@@ -442,8 +436,7 @@ t.test('callback: state expired in Redis (STATE_TTL_SECONDS=1) → 401, no excha
   const { state } = await connect(ctx)
   const pttl = await ctx.redis.pttl(ctx.keys.state(state))
   t.ok(pttl > 0 && pttl <= 1000, `PTTL ≤ 1 s, got ${pttl}`)
-  await sleep(2100)
-  t.equal(await ctx.redis.exists(ctx.keys.state(state)), 0, 'Redis expired the state')
+  t.ok(await until(async () => await ctx.redis.exists(ctx.keys.state(state)) === 0, 5000), 'Redis expired the state')
   assertPage(t, ctx, await callback(ctx, [['code', issue(ctx, 'm_exp')], ['state', state]]), 401, 'expired state')
   t.equal(ctx.sim.control.requests().length, 0, 'no token request')
   await assertNothingStored(t, ctx, ['m_exp'], 'expired')
@@ -649,14 +642,7 @@ t.test('callback: Redis down → 503 page, no crash; recovers when Redis is back
     t.equal((await ctx.b.app.inject({ url: '/health/ready' })).statusCode, 503, 'not ready')
   })
 
-  const deadline = Date.now() + 10_000
-  let ready = 0
-  while (Date.now() < deadline) {
-    ready = (await ctx.b.app.inject({ url: '/health/ready' })).statusCode
-    if (ready === 200) break
-    await sleep(100)
-  }
-  t.equal(ready, 200, 'ready again after Redis restarted')
+  t.ok(await until(async () => (await ctx.b.app.inject({ url: '/health/ready' })).statusCode === 200, 10_000), 'ready again after Redis restarted')
   const again = await connect(ctx, [['merchant_id', 'm_r']])
   const ok = await callback(ctx, [['code', issue(ctx, 'm_r')], ['state', again.state]])
   assertPage(t, ctx, ok, 200, 'onboarding after recovery')
@@ -682,6 +668,49 @@ t.test('callback: Redis goes down during the exchange → 503 page, the tokens a
   } finally {
     // The redis helper's teardown cannot stop a server that was already killed.
     if (stopped) await ctx.b.redis.start()
+  }
+})
+
+t.test('callback: Redis refuses the write of the tokens → an error page; the error lines carry no command arguments', async t => {
+  // READONLY is an outage (503, the error wraps Redis's reply); WRONGTYPE is a bug (500, Redis's
+  // own error, with ioredis's copy of the command's arguments on it).
+  const variants = [
+    { what: 'READONLY', status: 503, merchant: 'm_ro', message: /READONLY/, command: [] },
+    { what: 'WRONGTYPE', status: 500, merchant: 'm_wt', message: /WRONGTYPE/, command: ['name'] }
+  ]
+  for (const v of variants) {
+    const ctx = await setup(t)
+    const { state } = await connect(ctx, [['merchant_id', v.merchant]])
+    let broken = false
+    if (v.what === 'WRONGTYPE') {
+      await ctx.redis.set(ctx.keys.merchant(v.merchant), 'not a hash')
+      broken = true
+    } else {
+      // Once the state is consumed, Redis becomes a replica of nothing (port 1 never hosts
+      // another test's Redis): writes answer READONLY.
+      ctx.hooks.beforeToken = async () => {
+        broken = true
+        await ctx.redis.replicaof('127.0.0.1', 1)
+      }
+    }
+    try {
+      const res = await callback(ctx, [['code', issue(ctx, v.merchant)], ['state', state]])
+      ctx.hooks.beforeToken = undefined
+      t.ok(broken, `${v.what}: the write was refused`)
+      assertPage(t, ctx, res, v.status, `${v.what}: tokens could not be stored`)
+    } finally {
+      if (broken && v.what === 'READONLY') await ctx.redis.replicaof('NO', 'ONE')
+    }
+    t.equal(ctx.sim.control.stats().exchanges, 1, `${v.what}: the exchange happened`)
+
+    const lost = ctx.b.logs.lines().filter(l => l.msg === 'could not store the tokens of a completed onboarding; the merchant must connect again')
+    t.equal(lost.length, 1, `${v.what}: one error line for the lost tokens`)
+    t.match(lost[0]?.err, { message: v.message }, `${v.what}: it names what Redis answered`)
+    t.same(Object.keys((lost[0]?.err as { command?: object } | undefined)?.command ?? {}), v.command, `${v.what}: of the command, at most its name`)
+    const text = ctx.b.logs.text()
+    t.notMatch(text, /"args"/, `${v.what}: no command arguments in any line`)
+    t.notMatch(text, /access_token_enc|refresh_token_enc|connected_at/, `${v.what}: nor the record's field names`)
+    t.same(secretsOf(ctx).filter(s => text.includes(s)).map(s => s.slice(0, 12)), [], `${v.what}: no code, token or secret`)
   }
 })
 

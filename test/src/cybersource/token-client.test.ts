@@ -1,8 +1,11 @@
-// The real token client against the simulator over HTTPS with mutual TLS.
+// The real token client against the simulator over HTTPS with mutual TLS, and against servers
+// that never answer (CYBS_TIMEOUT_MS); the CA list it trusts (caBundle).
 import t from 'tap'
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net'
+import { createServer as createTlsServer, rootCertificates } from 'node:tls'
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
-import { createTokenClient, type TokenClient, type TokenClientOptions, type TokenSet } from '../../../src/cybersource/token-client.js'
+import { caBundle, createTokenClient, type TokenClient, type TokenClientOptions, type TokenSet } from '../../../src/cybersource/token-client.js'
 import { CybsError, isCybsError, type CybsErrorKind } from '../../../src/cybersource/errors.js'
 import { TOKEN_PATH, buildSimulator, type Simulator, type SimulatorOptions } from '../../../src/simulator/app.js'
 import { testCerts } from '../../helpers/certs.js'
@@ -405,15 +408,102 @@ t.test('a wrong key passphrase fails cleanly', async t => {
   t.same(sim.control.requests(), [])
 })
 
+t.test('a refresh answer without refresh_token keeps the refresh token that was sent', async t => {
+  // CyberSource may leave refresh_token (and its lifetime) out of a refresh answer: the old one stands.
+  const sim = await startSim(t, {}, s => s.app.addHook('onSend', async (request, _reply, payload) => {
+    const form = request.body as Record<string, unknown> | undefined
+    if (form?.grant_type !== 'refresh_token' || typeof payload !== 'string') return payload
+    const { refresh_token: _rt, refresh_token_expires_in: _exp, ...rest } = JSON.parse(payload) as Record<string, unknown>
+    return JSON.stringify(rest)
+  }))
+  const c = client(t, sim.tokenUrl)
+  const first = keep(await c.exchangeCode(sim.code('m_no_rt')))
+  const set = keep(await c.refresh(first.refreshToken))
+  t.equal(set.refreshToken, first.refreshToken, 'the refresh token sent')
+  t.equal(set.refreshTokenExpiresAt, undefined, 'no new refresh token expiry')
+  t.not(set.accessToken, first.accessToken, 'a new access token')
+  t.equal(set.merchantId, 'm_no_rt')
+  t.same(sim.control.stats(), { exchanges: 1, refreshes: 1, failures: 0 })
+})
+
+t.test('caBundle: CYBS_CA_FILE adds to the system roots', async t => {
+  t.equal(caBundle(undefined), undefined, 'without an extra CA: Node\'s default roots')
+  const bundle = caBundle(certs.ca.cert)
+  t.ok(Array.isArray(bundle), 'a list with an extra CA')
+  t.ok(rootCertificates.length > 50, `the system roots are there to keep (${rootCertificates.length})`)
+  const listed = new Set(bundle)
+  t.same(rootCertificates.filter(c => !listed.has(c)).length, 0, 'every system root is kept')
+  t.ok(listed.has(certs.ca.cert), 'and the extra CA is added')
+  t.equal(bundle?.length, rootCertificates.length + 1, 'nothing else')
+})
+
+/** A TCP server that accepts connections and never writes a byte (optionally after a TLS handshake). */
+async function silentServer (test: Test, kind: 'tcp' | 'tls'): Promise<{ port: number, reached: () => number }> {
+  const sockets = new Set<Socket>()
+  let reached = 0
+  const hold = (socket: Socket): void => {
+    sockets.add(socket)
+    socket.once('data', () => { reached++ })
+    socket.on('error', () => {})
+    socket.on('close', () => sockets.delete(socket))
+  }
+  const server: TcpServer = kind === 'tcp'
+    ? createTcpServer(hold)
+    : createTlsServer({ key: certs.server.key, cert: certs.server.cert }, hold)
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  test.teardown(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  })
+  return { port: (server.address() as { port: number }).port, reached: () => reached }
+}
+
+t.test('CYBS_TIMEOUT_MS bounds every attempt, connect and TLS handshake included', async t => {
+  // undici's connect timer ticks about every 500 ms: a limit of a second keeps the bound meaningful.
+  const timeoutMs = 1000
+  const attempts = 2
+  const backoffMaxMs = 20
+  // Generous: three times the limit per attempt, plus every backoff.
+  const boundMs = 3 * timeoutMs * attempts + attempts * backoffMaxMs
+  const cases: Array<[string, 'tcp' | 'tls', 'https' | 'http']> = [
+    ['a server that never answers the TLS handshake', 'tcp', 'https'],
+    ['a TLS server that never sends headers', 'tls', 'https'],
+    ['an HTTP server that never sends headers', 'tcp', 'http']
+  ]
+  for (const [name, kind, scheme] of cases) {
+    await t.test(name, async t => {
+      const server = await silentServer(t, kind)
+      const seconds: number[] = []
+      const c = client(t, `${scheme}://127.0.0.1:${server.port}${TOKEN_PATH}`, {
+        timeoutMs,
+        refreshAttempts: attempts,
+        backoffMaxMs,
+        observe: (_grant, _outcome, s) => { seconds.push(s) }
+      })
+      for (const [what, call] of [['exchange', async () => await c.exchangeCode('some-code')], ['refresh', async () => await c.refresh('some-refresh-token')]] as const) {
+        seconds.length = 0
+        const started = performance.now()
+        let timer: NodeJS.Timeout | undefined
+        const guard = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: still pending after ${2 * boundMs} ms`)), 2 * boundMs) })
+        const e = await failure(t, Promise.race([call(), guard]).finally(() => clearTimeout(timer)), 'unavailable')
+        const ms = performance.now() - started
+        t.ok(ms < boundMs, `${what}: failed after ${Math.round(ms)} ms (bound ${boundMs} ms)`)
+        t.equal(e.status, undefined, `${what}: no HTTP status`)
+        t.ok(seconds.length >= 1 && seconds.length <= attempts, `${what}: ${seconds.length} attempt(s), at most ${attempts}`)
+        t.ok(seconds.every(s => s * 1000 < 3 * timeoutMs), `${what}: every attempt within 3 × CYBS_TIMEOUT_MS (${seconds.map(s => Math.round(s * 1000)).join(', ')} ms)`)
+      }
+      t.ok(server.reached() >= 2, `the server was reached (${server.reached()} connections sent data)`)
+    })
+  }
+})
+
 // Runs last: everything above fed logLines, errorMessages and secrets.
 t.test('no secret, code or token in logs or error messages', async t => {
   t.ok(logLines.length > 20, `${logLines.length} log lines captured`)
   t.ok(errorMessages.length > 20, `${errorMessages.length} error messages captured`)
   t.ok(secrets.size > 20, `${secrets.size} secrets tracked`)
   const text = [...logLines, ...errorMessages].join('\n')
-  for (const s of secrets) {
-    if (text.includes(s)) t.fail(`leaked: ${s.slice(0, 12)}…`)
-  }
+  t.same([...secrets].filter(s => text.includes(s)).map(s => `${s.slice(0, 12)}…`), [], 'no tracked secret in the text')
   t.notMatch(text, 'eyJ', 'no JWT-looking string at all')
   t.notMatch(text, CLIENT_SECRET)
   t.match(text, /"correlation_id":"[0-9a-f-]{36}"/, 'logs carry correlation ids')
