@@ -2,7 +2,7 @@
 // Needs `config`. Waits briefly for Redis at boot, then starts degraded (readiness 503) rather
 // than refusing to start; closes the client on shutdown.
 import fp from 'fastify-plugin'
-import { createRedisClient, waitReady, type RedisClient } from '../src/redis-client.js'
+import { createRedisClient, waitReady, type RedisClient, redisErrorReason } from '../src/redis-client.js'
 import { createRedisKeys, type RedisKeys } from '../src/redis-keys.js'
 
 declare module 'fastify' {
@@ -22,7 +22,7 @@ export default fp(async (app) => {
     if (!down) app.log.error({ reason }, 'redis connection error')
     down = true
   }
-  redis.on('error', (err: Error) => { lost((err as { code?: string }).code ?? err.message) })
+  redis.on('error', (err: Error) => { lost(redisErrorReason(err)) })
   redis.on('close', () => { if (!closing) lost('connection closed') })
   redis.on('ready', () => {
     if (down) app.log.info('redis connection restored')

@@ -7,10 +7,17 @@ import { X509Certificate, createPrivateKey } from 'node:crypto'
 export type Problems = string[]
 
 export interface HostPort { host: string, port: number }
+/** Credentials and TLS for the data nodes; a key is present only when it applies. */
+export interface RedisSecurity {
+  username?: string
+  password?: string
+  /** Present when the connections use TLS; `ca` is added to the system roots. */
+  tls?: { ca?: string }
+}
 export type RedisConfig =
-  | { mode: 'standalone', url: string }
-  | { mode: 'sentinel', sentinels: HostPort[], name: string }
-  | { mode: 'cluster', nodes: HostPort[] }
+  | { mode: 'standalone', url: string } & RedisSecurity
+  | { mode: 'sentinel', sentinels: HostPort[], name: string, sentinelUsername?: string, sentinelPassword?: string } & RedisSecurity
+  | { mode: 'cluster', nodes: HostPort[] } & RedisSecurity
 
 export interface EncryptionKey { kid: string, key: Buffer }
 export interface InternalApiKey { caller: string, secret: string }
@@ -144,18 +151,89 @@ export interface RedisEnv {
   REDIS_SENTINELS?: string
   REDIS_SENTINEL_NAME?: string
   REDIS_CLUSTER_NODES?: string
+  REDIS_USERNAME?: string
+  REDIS_PASSWORD?: string
+  REDIS_SENTINEL_USERNAME?: string
+  REDIS_SENTINEL_PASSWORD?: string
+  REDIS_TLS?: boolean
+  REDIS_CA_FILE?: string
+}
+
+/** The keys whose value is defined (a config object without `key: undefined` entries). */
+function defined<T extends object> (o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
+}
+
+function readRedisCa (problems: Problems, path: string | undefined): string | undefined {
+  const ca = readPem(problems, 'REDIS_CA_FILE', path)
+  if (ca === undefined) return undefined
+  try {
+    if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no certificate')
+    new X509Certificate(ca) // eslint-disable-line no-new
+  } catch {
+    problems.push('REDIS_CA_FILE: not a PEM certificate bundle')
+  }
+  return ca
+}
+
+/** Whether the URL carries a user or a password; never throws (a malformed URL is reported elsewhere). */
+function urlHasCredentials (url: string): boolean {
+  try {
+    const u = new URL(url)
+    return u.username !== '' || u.password !== ''
+  } catch {
+    return false
+  }
 }
 
 export function parseRedis (problems: Problems, e: RedisEnv): RedisConfig {
-  if (e.REDIS_CLUSTER_NODES !== undefined) {
-    return { mode: 'cluster', nodes: parseHostPorts(problems, 'REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES) }
+  const mode = e.REDIS_CLUSTER_NODES !== undefined ? 'cluster' : e.REDIS_SENTINELS !== undefined ? 'sentinel' : 'standalone'
+  // A username alone would send AUTH without a password; a user with `nopass` accepts any.
+  if (e.REDIS_USERNAME !== undefined && e.REDIS_PASSWORD === undefined) problems.push('REDIS_USERNAME: requires REDIS_PASSWORD')
+  if (e.REDIS_SENTINELS === undefined) {
+    for (const name of ['REDIS_SENTINEL_USERNAME', 'REDIS_SENTINEL_PASSWORD'] as const) {
+      if (e[name] !== undefined) problems.push(`${name}: only used with REDIS_SENTINELS`)
+    }
+  } else if (e.REDIS_SENTINEL_USERNAME !== undefined && e.REDIS_SENTINEL_PASSWORD === undefined) {
+    problems.push('REDIS_SENTINEL_USERNAME: requires REDIS_SENTINEL_PASSWORD')
   }
-  if (e.REDIS_SENTINELS !== undefined) {
+  const before = problems.length
+  const ca = readRedisCa(problems, e.REDIS_CA_FILE)
+  // A CA file is only used with TLS; one line about it is enough.
+  const caRead = ca !== undefined && problems.length === before
+  const caUnused = (tls: boolean): boolean => caRead && !tls
+  const security = (useTls: boolean): RedisSecurity => defined({
+    username: e.REDIS_USERNAME,
+    password: e.REDIS_PASSWORD,
+    tls: useTls ? defined({ ca }) : undefined
+  })
+
+  if (mode === 'cluster') {
+    if (caUnused(e.REDIS_TLS === true)) problems.push('REDIS_CA_FILE: only used with REDIS_TLS=true')
+    return { mode, nodes: parseHostPorts(problems, 'REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES ?? ''), ...security(e.REDIS_TLS === true) }
+  }
+  if (mode === 'sentinel') {
     if (e.REDIS_SENTINEL_NAME === undefined) problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS')
-    return { mode: 'sentinel', sentinels: parseHostPorts(problems, 'REDIS_SENTINELS', e.REDIS_SENTINELS), name: e.REDIS_SENTINEL_NAME ?? '' }
+    if (caUnused(e.REDIS_TLS === true)) problems.push('REDIS_CA_FILE: only used with REDIS_TLS=true')
+    return {
+      mode,
+      sentinels: parseHostPorts(problems, 'REDIS_SENTINELS', e.REDIS_SENTINELS ?? ''),
+      name: e.REDIS_SENTINEL_NAME ?? '',
+      ...defined({ sentinelUsername: e.REDIS_SENTINEL_USERNAME, sentinelPassword: e.REDIS_SENTINEL_PASSWORD }),
+      ...security(e.REDIS_TLS === true)
+    }
   }
   // REDIS_URL may hold a password, so its value is never echoed either.
   const url = e.REDIS_URL ?? 'redis://127.0.0.1:6379'
   if (!/^rediss?:\/\/[^\s]+$/.test(url)) problems.push('REDIS_URL: must be a redis:// or rediss:// URL')
-  return { mode: 'standalone', url }
+  // Standalone: the scheme decides TLS, and the password lives in one place only.
+  const tls = url.startsWith('rediss://')
+  if (e.REDIS_TLS === true && !tls) problems.push('REDIS_TLS: true needs a rediss:// REDIS_URL for a standalone Redis (the scheme decides)')
+  if (caUnused(tls)) problems.push('REDIS_CA_FILE: only used with TLS (a rediss:// REDIS_URL)')
+  if (urlHasCredentials(url)) {
+    for (const name of ['REDIS_USERNAME', 'REDIS_PASSWORD'] as const) {
+      if (e[name] !== undefined) problems.push(`${name}: REDIS_URL carries credentials already; give them in one place`)
+    }
+  }
+  return { mode, url, ...security(tls) }
 }

@@ -8,7 +8,7 @@ import {
 } from './config-parsers.js'
 import { resolveSecretFiles } from './config-secret-files.js'
 
-export type { EncryptionKey, HostPort, InternalApiKey, RedisConfig, TlsMaterial } from './config-parsers.js'
+export type { EncryptionKey, HostPort, InternalApiKey, RedisConfig, RedisSecurity, TlsMaterial } from './config-parsers.js'
 
 const Str = (opts: Record<string, unknown> = {}) => Type.String({ minLength: 1, ...opts })
 
@@ -22,6 +22,12 @@ export const EnvSchema = Type.Object({
   REDIS_SENTINELS: Type.Optional(Str()),
   REDIS_SENTINEL_NAME: Type.Optional(Str()),
   REDIS_CLUSTER_NODES: Type.Optional(Str()),
+  REDIS_USERNAME: Type.Optional(Str({ maxLength: 256 })),
+  REDIS_PASSWORD: Type.Optional(Str({ maxLength: 4096 })),
+  REDIS_SENTINEL_USERNAME: Type.Optional(Str({ maxLength: 256 })),
+  REDIS_SENTINEL_PASSWORD: Type.Optional(Str({ maxLength: 4096 })),
+  REDIS_TLS: Type.Boolean({ default: false }),
+  REDIS_CA_FILE: Type.Optional(Str()),
   REDIS_KEY_PREFIX: Str({ default: 'cybs:', maxLength: 64, pattern: '^[A-Za-z0-9_.:-]+$' }),
   CYBS_ENVIRONMENT: Type.Union([Type.Literal('test'), Type.Literal('production'), Type.Literal('simulator')]),
   CYBS_AUTHORIZE_URL: Type.Optional(Str()),
@@ -58,7 +64,9 @@ export const SECRET_VARIABLES = [
   'CYBS_CLIENT_KEY_PASSPHRASE',
   'TOKEN_ENCRYPTION_KEYS',
   'INTERNAL_API_KEYS',
-  'REDIS_URL'
+  'REDIS_URL',
+  'REDIS_PASSWORD',
+  'REDIS_SENTINEL_PASSWORD'
 ] as const satisfies ReadonlyArray<keyof Env>
 
 export interface Config {
@@ -142,8 +150,10 @@ function checkStructured (problems: Problems, raw: Record<string, string | undef
   const get = (name: string): string | undefined => flagged.has(name) ? undefined : raw[name]
   const base = get('PUBLIC_BASE_URL')
   if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'], true)
-  if (usable('REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES')) {
-    parseRedis(problems, { REDIS_URL: raw.REDIS_URL, REDIS_SENTINELS: raw.REDIS_SENTINELS, REDIS_SENTINEL_NAME: raw.REDIS_SENTINEL_NAME, REDIS_CLUSTER_NODES: raw.REDIS_CLUSTER_NODES })
+  const redisVars = ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES', 'REDIS_USERNAME', 'REDIS_PASSWORD',
+    'REDIS_SENTINEL_USERNAME', 'REDIS_SENTINEL_PASSWORD', 'REDIS_TLS', 'REDIS_CA_FILE'] as const
+  if (usable(...redisVars)) {
+    parseRedis(problems, { ...Object.fromEntries(redisVars.map(n => [n, raw[n]])), REDIS_TLS: raw.REDIS_TLS === 'true' })
   }
   const keys = get('TOKEN_ENCRYPTION_KEYS')
   if (keys !== undefined) parseEncryptionKeys(problems, keys)
@@ -213,5 +223,16 @@ export function loadConfig (rawEnv: Record<string, string | undefined>): Config 
     auditSummarySeconds: e.AUDIT_SUMMARY_SECONDS,
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     trustProxy: e.TRUST_PROXY
+  }
+}
+
+/** For a process's entry point: the configuration, or one line per problem and exit status 1. */
+export function loadConfigOrExit (env: Record<string, string | undefined>): Config {
+  try {
+    return loadConfig(env)
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    for (const line of err.problems) process.stderr.write(`configuration error: ${line}\n`)
+    process.exit(1)
   }
 }

@@ -1,16 +1,9 @@
 // The process: validates the environment, builds the server, installs graceful shutdown, listens.
 import closeWithGrace from 'close-with-grace'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { loadConfigOrExit } from './config.js'
 import app, { createServer } from './app.js'
 
-let config: Config
-try {
-  config = loadConfig(process.env)
-} catch (err) {
-  if (!(err instanceof ConfigError)) throw err
-  for (const line of err.problems) process.stderr.write(`configuration error: ${line}\n`)
-  process.exit(1)
-}
+const config = loadConfigOrExit(process.env)
 
 const server = createServer(config, { pretty: process.stdout.isTTY && process.env.NODE_ENV !== 'production' })
 await server.register(app, { config })

@@ -17,12 +17,23 @@
 // recovers by itself within a bounded poll: status reads (uncached) see the data written before the
 // failover, readiness is 200, writes (forced refresh, onboarding) land on the new master, and the
 // pub/sub subscription is re-established (instance B serves the token instance A refreshed).
+//
+// Passwords and TLS (docs/configuration.md#redis): a Sentinel deployment whose data nodes and
+// sentinel each require a password (and have ACL users), a Cluster whose nodes require one and
+// also serve TLS, a standalone Redis over TLS, and a Sentinel deployment over TLS. Through each,
+// the service onboards a merchant, serves its token and subscribes (the subscriber connection
+// authenticates too). Without the password, with a wrong one, or without the CA, it stays
+// unready, and its log says why without ever holding the password.
+import { randomBytes } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { Cluster, type Redis } from 'ioredis'
-import { build, onboard, secrets, startSimulator, type Built } from '../helper.js'
-import { scanKeys, startRedis } from '../helpers/redis.js'
-import { HOST, adminClient, infoField, startCluster, startSentinel, until } from '../helpers/redis-topologies.js'
+import { build, envFor, onboard, secrets, startSimulator, type Built } from '../helper.js'
+import { testCerts } from '../helpers/certs.js'
+import { scanKeys, startRedis, type TestRedis } from '../helpers/redis.js'
+import { HOST, adminClient, infoField, launchRedis, servicePort, startCluster, startSentinel, until, type TlsFiles } from '../helpers/redis-topologies.js'
 import { createKeyRing } from '../../src/key-ring.js'
+import { loadConfig } from '../../src/config.js'
+import { createRedisClient, redisErrorReason } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
 
@@ -256,7 +267,7 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
 })
 
 t.test('Redis Sentinel: master, replica, one sentinel', async t => {
-  const sen = await startSentinel(t, 'mymaster')
+  const sen = await startSentinel(t, { name: 'mymaster' })
   const standalone = await startRedis(t)
   const env = { REDIS_SENTINELS: `${HOST}:${sen.sentinel.port}`, REDIS_SENTINEL_NAME: sen.name, REDIS_KEY_PREFIX: PREFIX, RATE_LIMIT_MAX: '100000' }
   const a = await build(t, { env, redis: standalone })
@@ -359,4 +370,262 @@ t.test('Redis Sentinel: master, replica, one sentinel', async t => {
     t.equal(served, fresh, 'instance B serves the token instance A refreshed')
     t.equal(a.sim.control.stats().refreshes, count + 1, 'instance B did not refresh by itself')
   })
+})
+
+// ---- Passwords and TLS ----
+
+const password = (what: string): string => `${what}-${randomBytes(12).toString('hex')}`
+
+/** The test CA, server certificate and key as the redis-server TLS options take them. */
+function tlsFiles (): TlsFiles {
+  const certs = testCerts()
+  return { certFile: certs.server.certFile, keyFile: certs.server.keyFile, caFile: certs.ca.certFile, clientCertFile: certs.client.certFile, clientKeyFile: certs.client.keyFile }
+}
+
+let serial = 0
+/** A key prefix per service, so that its subscriber is the only one on its events channel. */
+const ownPrefix = (): string => `auth${++serial}:`
+
+const eventSubscribers = async (clients: Redis[], channel: string): Promise<number> => {
+  let n = 0
+  for (const c of clients) n += Number((await c.call('PUBSUB', 'NUMSUB', channel) as [string, number])[1])
+  return n
+}
+
+/** The service's token store, seen through the test's own connection. */
+const storeOf = (b: Built, redis: Redis | Cluster): TokenStore =>
+  createTokenStore(redis, createKeyRing(b.config.encryptionKeys), createRedisKeys(b.config.redisKeyPrefix))
+
+/**
+ * Onboards `mid` through the instance, checks that it serves the token stored in Redis (read
+ * through `redis`), that it is ready, and that its subscriber connection subscribed (on `nodes`).
+ */
+async function servesThrough (t: Test, b: Built, mid: string, redis: Redis | Cluster, nodes: Redis[]): Promise<void> {
+  const store = storeOf(b, redis)
+  const channel = createRedisKeys(b.config.redisKeyPrefix).events
+  t.equal((await onboard(b, mid)).statusCode, 200, `onboarded ${mid}`)
+  const rec = await store.get(mid)
+  t.ok(rec !== undefined, `${mid} is stored in the deployment`)
+  const res = await lookup(b, mid)
+  t.equal(res.statusCode, 200, why(res))
+  t.ok(res.statusCode === 200 && tokenOf(res) === rec?.accessToken, `${mid}: the stored token is served`)
+  // Polled: on a busy machine readiness may report event-loop pressure for a moment; Redis must answer it.
+  const r = await until('readiness', 5000, async () => { const r = await ready(b); return r.statusCode === 200 ? r : undefined }).catch(async () => await ready(b))
+  t.equal(r.statusCode, 200, `ready: ${why(r)}`)
+  t.ok(await until('the subscriber connection to subscribe', 10_000, async () => await eventSubscribers(nodes, channel) === 1 ? true : undefined), 'the subscriber connection subscribed')
+  t.same(b.logs.lines().filter(l => Number(l.level) >= 40).map(l => l.msg), [], 'no warning or error logged')
+}
+
+/** A service that cannot authenticate (or verify the server): unready, lookups 503, the reason in its log, no password anywhere in it. */
+async function staysUnready (t: Test, b: Built, reason: RegExp, passwords: string[]): Promise<void> {
+  const res = await ready(b)
+  t.equal(res.statusCode, 503, 'readiness 503')
+  t.equal((await lookup(b, 'm_unreachable')).statusCode, 503, 'a lookup answers 503')
+  const lines = b.logs.lines()
+  t.ok(lines.some(l => l.msg === 'redis is not reachable; starting degraded'), 'logged that it starts degraded')
+  const error = lines.find(l => l.msg === 'redis connection error')
+  t.match(String(error?.reason), reason, `the log says why (${String(error?.reason)})`)
+  const text = b.logs.text()
+  t.same(passwords.filter(p => text.includes(p)), [], 'no password in the log')
+}
+
+t.test('the options given to ioredis', async t => {
+  // lazyConnect: the clients are only built, never connected.
+  const cfg = (env: Record<string, string>): ReturnType<typeof loadConfig>['redis'] => loadConfig(envFor(secrets(), 'redis://127.0.0.1:1', 'http://127.0.0.1:1', env)).redis
+  const ca = testCerts().ca
+  const sentinelPassword = password('sentinel')
+  const dataPassword = password('data')
+  const sentinel = createRedisClient(cfg({
+    REDIS_SENTINELS: '127.0.0.1:1',
+    REDIS_SENTINEL_NAME: 'mymaster',
+    REDIS_USERNAME: 'broker',
+    REDIS_PASSWORD: dataPassword,
+    REDIS_SENTINEL_USERNAME: 'watcher',
+    REDIS_SENTINEL_PASSWORD: sentinelPassword,
+    REDIS_TLS: 'true',
+    REDIS_CA_FILE: ca.certFile
+  }), { lazyConnect: true }) as Redis
+  t.teardown(() => { sentinel.disconnect() })
+  // Passwords compared by equality only, so a failure does not print them.
+  const o = sentinel.options
+  t.match(o, { name: 'mymaster', username: 'broker', sentinelUsername: 'watcher', enableTLSForSentinelMode: true })
+  t.ok(o.password === dataPassword, 'password: the data nodes\'')
+  t.ok(o.sentinelPassword === sentinelPassword, 'sentinelPassword: the sentinels\'')
+  t.ok(o.tls?.secureContext !== undefined && o.sentinelTLS === o.tls, 'TLS with the CA to the data nodes and to the sentinels')
+  t.match(o, { commandTimeout: 1000, enableOfflineQueue: false, maxRetriesPerRequest: 1 }, 'the request-path options stay')
+  const sub = sentinel.duplicate()
+  t.teardown(() => { sub.disconnect() })
+  t.ok(sub.options.password === dataPassword && sub.options.sentinelPassword === sentinelPassword && sub.options.username === 'broker', 'a duplicate (the subscriber) authenticates the same')
+  t.ok(sub.options.enableTLSForSentinelMode === true && sub.options.tls === o.tls, 'and uses the same TLS')
+
+  const plainSentinel = createRedisClient(cfg({ REDIS_SENTINELS: '127.0.0.1:1', REDIS_SENTINEL_NAME: 'mymaster', REDIS_PASSWORD: dataPassword }), { lazyConnect: true }) as Redis
+  t.teardown(() => { plainSentinel.disconnect() })
+  t.equal(plainSentinel.options.tls, undefined, 'no TLS without REDIS_TLS')
+  t.notOk(plainSentinel.options.enableTLSForSentinelMode)
+  t.equal(plainSentinel.options.sentinelPassword, undefined)
+
+  const cluster = createRedisClient(cfg({ REDIS_CLUSTER_NODES: '127.0.0.1:1', REDIS_PASSWORD: dataPassword, REDIS_TLS: 'true' }), { lazyConnect: true }) as Cluster
+  t.teardown(() => { cluster.disconnect() })
+  t.ok(cluster.options.redisOptions?.password === dataPassword, 'every cluster node connection authenticates')
+  t.match(cluster.options.redisOptions, { tls: {}, commandTimeout: 1000 }, 'over TLS, with the request-path options')
+  const clusterSub = cluster.duplicate(undefined, { lazyConnect: true })
+  t.teardown(() => { clusterSub.disconnect() })
+  t.ok(clusterSub.options.redisOptions === cluster.options.redisOptions, 'a duplicate (the subscriber) too')
+  t.equal(cluster.options.enableOfflineQueue, false)
+})
+
+t.test('Redis Sentinel with passwords: data nodes (requirepass, masterauth, an ACL user) and the sentinel', async t => {
+  const dataPassword = password('data')
+  const brokerPassword = password('broker')
+  const sentinelPassword = password('sentinel')
+  const watcherPassword = password('watcher')
+  const all = [dataPassword, brokerPassword, sentinelPassword, watcherPassword]
+  const sen = await startSentinel(t, {
+    data: { password: dataPassword, user: { name: 'broker', password: brokerPassword } },
+    sentinel: { password: sentinelPassword, user: { name: 'watcher', password: watcherPassword } }
+  })
+  const standalone = await startRedis(t)
+  const s = secrets()
+  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
+  const common = { REDIS_SENTINELS: `${HOST}:${sen.sentinel.port}`, REDIS_SENTINEL_NAME: sen.name }
+  const service = async (env: Record<string, string>): Promise<Built> => await build(t, { env: { ...common, REDIS_KEY_PREFIX: ownPrefix(), ...env }, redis: standalone, simulator: sim, secrets: s })
+
+  t.test('a sentinel without a password refuses the test\'s own client', async t => {
+    const anonymous = adminClient(t, sen.sentinel.port)
+    await t.rejects(anonymous.call('SENTINEL', 'get-master-addr-by-name', sen.name), /NOAUTH/)
+    await t.rejects(adminClient(t, sen.master.port).ping(), /NOAUTH/, 'and so does the master')
+  })
+
+  t.test('default users: REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD', async t => {
+    const b = await service({ REDIS_PASSWORD: dataPassword, REDIS_SENTINEL_PASSWORD: sentinelPassword })
+    t.same(b.config.redis, { mode: 'sentinel', sentinels: [{ host: HOST, port: sen.sentinel.port }], name: sen.name, password: dataPassword, sentinelPassword })
+    await servesThrough(t, b, 'm_auth_sen_1', sen.masterClient, [sen.masterClient])
+  })
+
+  t.test('ACL users: REDIS_USERNAME and REDIS_SENTINEL_USERNAME', async t => {
+    const b = await service({ REDIS_USERNAME: 'broker', REDIS_PASSWORD: brokerPassword, REDIS_SENTINEL_USERNAME: 'watcher', REDIS_SENTINEL_PASSWORD: watcherPassword })
+    await servesThrough(t, b, 'm_auth_sen_2', sen.masterClient, [sen.masterClient])
+    const clients = String(await sen.masterClient.call('CLIENT', 'LIST'))
+    t.match(clients, /\buser=broker\b/, 'the master sees connections of the ACL user')
+  })
+
+  t.test('without a password, or with a wrong one: unready, and the log says why', async t => {
+    const [noSentinelPassword, wrongData, noData] = await Promise.all([
+      service({ REDIS_PASSWORD: dataPassword }),
+      service({ REDIS_PASSWORD: password('wrong'), REDIS_SENTINEL_PASSWORD: sentinelPassword }),
+      service({ REDIS_SENTINEL_PASSWORD: sentinelPassword })
+    ])
+    await t.test('no REDIS_SENTINEL_PASSWORD', async t => { await staysUnready(t, noSentinelPassword, /NOAUTH/, all) })
+    await t.test('a wrong REDIS_PASSWORD', async t => { await staysUnready(t, wrongData, /WRONGPASS/, all) })
+    await t.test('no REDIS_PASSWORD', async t => { await staysUnready(t, noData, /NOAUTH/, all) })
+  })
+})
+
+t.test('Redis Cluster with a password, over plain TCP and over TLS', async t => {
+  const clusterPassword = password('cluster')
+  const cluster = await startCluster(t, 3, { password: clusterPassword, tls: tlsFiles() })
+  const standalone = await startRedis(t)
+  const s = secrets()
+  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
+  const service = async (env: Record<string, string>): Promise<Built> => await build(t, { env: { REDIS_KEY_PREFIX: ownPrefix(), ...env }, redis: standalone, simulator: sim, secrets: s })
+  const inspect = new Cluster(cluster.nodes.map(n => ({ host: HOST, port: n.port })), { redisOptions: { password: clusterPassword, maxRetriesPerRequest: 1 } })
+  inspect.on('error', () => {})
+  t.teardown(() => { inspect.disconnect() })
+  const tlsEnv = { REDIS_CLUSTER_NODES: cluster.tlsSpec ?? '', REDIS_TLS: 'true', REDIS_CA_FILE: testCerts().ca.certFile }
+
+  t.test('REDIS_PASSWORD', async t => {
+    const b = await service({ REDIS_CLUSTER_NODES: cluster.spec, REDIS_PASSWORD: clusterPassword })
+    await servesThrough(t, b, 'm_auth_cl_1', inspect, cluster.clients)
+  })
+
+  t.test('REDIS_TLS with REDIS_CA_FILE, on the TLS ports: merchants on every node', async t => {
+    const b = await service({ ...tlsEnv, REDIS_PASSWORD: clusterPassword })
+    t.same(b.config.redis.tls, { ca: testCerts().ca.cert })
+    await servesThrough(t, b, 'm_auth_cl_tls', inspect, cluster.clients)
+    const keys = createRedisKeys(b.config.redisKeyPrefix)
+    const store = storeOf(b, inspect)
+    // Enough merchants for every master to hold one: each node was reached over TLS (slots and MOVED name TLS ports).
+    const mids = Array.from({ length: 12 }, (_, i) => `m_tls_${i}`)
+    for (const mid of mids) t.equal((await onboard(b, mid)).statusCode, 200, `onboarded ${mid}`)
+    for (const [i, c] of cluster.clients.entries()) {
+      t.ok((await scanKeys(c, keys.merchantPattern)).length > 0, `master ${i + 1} holds merchant records`)
+    }
+    for (const mid of mids) {
+      const res = await lookup(b, mid)
+      t.ok(res.statusCode === 200 && tokenOf(res) === (await store.get(mid))?.accessToken, `${mid}: the stored token is served`)
+    }
+  })
+
+  t.test('redisErrorReason names the node\'s error behind "Failed to refresh slots cache."', async t => {
+    const reasonOf = async (cfg: { password?: string }): Promise<string> => {
+      const client = createRedisClient({ mode: 'cluster', nodes: cluster.nodes.map(n => ({ host: HOST, port: n.port })), ...cfg })
+      t.teardown(() => { client.disconnect() })
+      return redisErrorReason(await new Promise<Error>(resolve => client.once('error', resolve)))
+    }
+    t.match(await reasonOf({}), /^Failed to refresh slots cache\. \(NOAUTH/, 'no password')
+    t.match(await reasonOf({ password: password('wrong') }), /^Failed to refresh slots cache\. \(WRONGPASS/, 'a wrong password')
+  })
+
+  t.test('without the password, with a wrong one, or TLS without the CA: unready, and the log says why', async t => {
+    const [noPassword, wrongPassword, noCa] = await Promise.all([
+      service({ REDIS_CLUSTER_NODES: cluster.spec }),
+      service({ ...tlsEnv, REDIS_PASSWORD: password('wrong') }),
+      service({ REDIS_CLUSTER_NODES: cluster.tlsSpec ?? '', REDIS_TLS: 'true', REDIS_PASSWORD: clusterPassword })
+    ])
+    await t.test('no REDIS_PASSWORD', async t => { await staysUnready(t, noPassword, /NOAUTH|Authentication/, [clusterPassword]) })
+    await t.test('a wrong REDIS_PASSWORD', async t => { await staysUnready(t, wrongPassword, /WRONGPASS/, [clusterPassword]) })
+    // ioredis gives the slots refresh "Connection is closed." as the node's error here, not the certificate's code.
+    await t.test('no REDIS_CA_FILE', async t => { await staysUnready(t, noCa, /Failed to refresh slots cache/, [clusterPassword]) })
+  })
+})
+
+t.test('standalone Redis over TLS (rediss://) with a password in the URL', async t => {
+  const urlPassword = password('standalone')
+  const server = await launchRedis(t, { label: 'tls', args: ['--save', '', '--appendonly', 'no', '--requirepass', urlPassword], tls: tlsFiles() })
+  const admin = adminClient(t, server.port, urlPassword)
+  const standalone: TestRedis = await startRedis(t)
+  const s = secrets()
+  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
+  const url = `rediss://:${urlPassword}@${HOST}:${servicePort(server)}`
+  const service = async (env: Record<string, string>): Promise<Built> => await build(t, { env: { REDIS_KEY_PREFIX: ownPrefix(), ...env }, redis: standalone, simulator: sim, secrets: s })
+
+  t.test('REDIS_CA_FILE: onboarding and lookup over TLS', async t => {
+    const b = await service({ REDIS_URL: url, REDIS_CA_FILE: testCerts().ca.certFile })
+    await servesThrough(t, b, 'm_tls_standalone', admin, [admin])
+  })
+
+  t.test('REDIS_PASSWORD beside a URL without credentials', async t => {
+    const b = await service({ REDIS_URL: `rediss://${HOST}:${servicePort(server)}`, REDIS_PASSWORD: urlPassword, REDIS_CA_FILE: testCerts().ca.certFile })
+    await servesThrough(t, b, 'm_tls_standalone_2', admin, [admin])
+  })
+
+  t.test('without the CA (or over plain TCP to the TLS port): unready, and the log says why', async t => {
+    const [noCa, plain] = await Promise.all([
+      service({ REDIS_URL: url }),
+      service({ REDIS_URL: url.replace('rediss://', 'redis://') })
+    ])
+    await t.test('no REDIS_CA_FILE', async t => { await staysUnready(t, noCa, /CERT|certificate/i, [urlPassword]) })
+    await t.test('redis:// to the TLS port', async t => { await staysUnready(t, plain, /./, [urlPassword]) })
+  })
+})
+
+t.test('Redis Sentinel over TLS, with passwords', async t => {
+  const dataPassword = password('data')
+  const sentinelPassword = password('sentinel')
+  const sen = await startSentinel(t, { data: { password: dataPassword, tls: tlsFiles() }, sentinel: { password: sentinelPassword } })
+  const standalone = await startRedis(t)
+  const s = secrets()
+  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
+  t.same(await sen.masterAddr(), { host: HOST, port: servicePort(sen.master) }, 'the sentinel names the master\'s TLS port')
+  const env = {
+    REDIS_SENTINELS: `${HOST}:${servicePort(sen.sentinel)}`,
+    REDIS_SENTINEL_NAME: sen.name,
+    REDIS_PASSWORD: dataPassword,
+    REDIS_SENTINEL_PASSWORD: sentinelPassword,
+    REDIS_TLS: 'true',
+    REDIS_CA_FILE: testCerts().ca.certFile,
+    REDIS_KEY_PREFIX: ownPrefix()
+  }
+  const b = await build(t, { env, redis: standalone, simulator: sim, secrets: s })
+  await servesThrough(t, b, 'm_tls_sen', sen.masterClient, [sen.masterClient])
 })

@@ -16,6 +16,9 @@ const API_SECRET_1 = `api-secret-one-${randomBytes(16).toString('hex')}`
 const API_SECRET_2 = `api-secret-two-${randomBytes(16).toString('hex')}`
 const PASSPHRASE = `passphrase-${randomBytes(8).toString('hex')}`
 const REDIS_PASSWORD = 'hunter2hunter2'
+// REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD (the URL's password above is REDIS_URL's).
+const DATA_PASSWORD = `data-password-${randomBytes(8).toString('hex')}`
+const SENTINEL_PASSWORD = `sentinel-password-${randomBytes(8).toString('hex')}`
 
 /** The required variables only: everything else takes its default. */
 function minimal (): Env {
@@ -40,9 +43,9 @@ function base (overrides: Env = {}): Env {
 
 /** Every secret value an env carries, taken from the variables the docs call secret (docs/configuration.md). */
 function secretsOf (env: Env): string[] {
-  const secrets = [CLIENT_SECRET, KEY_A, KEY_B, API_SECRET_1, API_SECRET_2, PASSPHRASE, REDIS_PASSWORD]
+  const secrets = [CLIENT_SECRET, KEY_A, KEY_B, API_SECRET_1, API_SECRET_2, PASSPHRASE, REDIS_PASSWORD, DATA_PASSWORD, SENTINEL_PASSWORD]
   const after = (item: string): string => item.includes(':') ? item.slice(item.indexOf(':') + 1) : item
-  for (const name of ['CYBS_CLIENT_SECRET', 'CYBS_CLIENT_KEY_PASSPHRASE']) {
+  for (const name of ['CYBS_CLIENT_SECRET', 'CYBS_CLIENT_KEY_PASSPHRASE', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD']) {
     if (env[name] !== undefined) secrets.push(env[name])
   }
   for (const name of ['TOKEN_ENCRYPTION_KEYS', 'INTERNAL_API_KEYS']) {
@@ -211,8 +214,10 @@ t.test('INTERNAL_API_KEYS becomes caller/secret pairs', async t => {
 })
 
 t.test('Redis topologies', async t => {
+  t.same(loadConfig({ ...minimal(), REDIS_URL: 'redis://:pw@redis.example.com:6380/2' }).redis,
+    { mode: 'standalone', url: 'redis://:pw@redis.example.com:6380/2' })
   t.same(loadConfig({ ...minimal(), REDIS_URL: 'rediss://:pw@redis.example.com:6380/2' }).redis,
-    { mode: 'standalone', url: 'rediss://:pw@redis.example.com:6380/2' })
+    { mode: 'standalone', url: 'rediss://:pw@redis.example.com:6380/2', tls: {} }, 'rediss:// means TLS')
   t.same(loadConfig({ ...minimal(), REDIS_SENTINELS: 'sentinel-1:26379, sentinel-2:26380,10.0.0.3:26379', REDIS_SENTINEL_NAME: 'mymaster' }).redis, {
     mode: 'sentinel',
     name: 'mymaster',
@@ -221,6 +226,96 @@ t.test('Redis topologies', async t => {
   t.same(loadConfig({ ...minimal(), REDIS_CLUSTER_NODES: 'node-1:7000,node-2:7001,[::1]:7002' }).redis, {
     mode: 'cluster',
     nodes: [{ host: 'node-1', port: 7000 }, { host: 'node-2', port: 7001 }, { host: '::1', port: 7002 }]
+  })
+})
+
+t.test('Redis credentials and TLS', async t => {
+  const sentinels = { REDIS_SENTINELS: 'sentinel-1:26379', REDIS_SENTINEL_NAME: 'mymaster' }
+  const sentinelAddrs = [{ host: 'sentinel-1', port: 26379 }]
+  const cluster = { REDIS_CLUSTER_NODES: 'node-1:7000' }
+  const clusterNodes = [{ host: 'node-1', port: 7000 }]
+
+  t.test('Sentinel: the data nodes\' and the Sentinels\' own credentials, TLS with a CA', async t => {
+    t.same(loadConfig({
+      ...minimal(),
+      ...sentinels,
+      REDIS_USERNAME: 'broker',
+      REDIS_PASSWORD: DATA_PASSWORD,
+      REDIS_SENTINEL_USERNAME: 'watcher',
+      REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD,
+      REDIS_TLS: 'true',
+      REDIS_CA_FILE: CERT
+    }).redis, {
+      mode: 'sentinel',
+      sentinels: sentinelAddrs,
+      name: 'mymaster',
+      username: 'broker',
+      password: DATA_PASSWORD,
+      sentinelUsername: 'watcher',
+      sentinelPassword: SENTINEL_PASSWORD,
+      tls: { ca: CERT_PEM }
+    })
+    t.same(loadConfig({ ...minimal(), ...sentinels, REDIS_PASSWORD: DATA_PASSWORD }).redis,
+      { mode: 'sentinel', sentinels: sentinelAddrs, name: 'mymaster', password: DATA_PASSWORD }, 'the Sentinels\' password is optional')
+    t.same(loadConfig({ ...minimal(), ...sentinels, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD, REDIS_TLS: 'true' }).redis,
+      { mode: 'sentinel', sentinels: sentinelAddrs, name: 'mymaster', sentinelPassword: SENTINEL_PASSWORD, tls: {} }, 'TLS with the system roots only')
+  })
+
+  t.test('Cluster: every node\'s credentials, TLS', async t => {
+    t.same(loadConfig({ ...minimal(), ...cluster, REDIS_USERNAME: 'broker', REDIS_PASSWORD: DATA_PASSWORD, REDIS_TLS: 'true', REDIS_CA_FILE: CERT }).redis,
+      { mode: 'cluster', nodes: clusterNodes, username: 'broker', password: DATA_PASSWORD, tls: { ca: CERT_PEM } })
+    t.same(loadConfig({ ...minimal(), ...cluster, REDIS_PASSWORD: DATA_PASSWORD, REDIS_TLS: 'false' }).redis,
+      { mode: 'cluster', nodes: clusterNodes, password: DATA_PASSWORD }, 'REDIS_TLS=false: no TLS')
+    t.same(loadConfig({ ...minimal(), ...cluster, REDIS_TLS: 'true' }).redis, { mode: 'cluster', nodes: clusterNodes, tls: {} })
+  })
+
+  t.test('standalone: the scheme decides TLS; REDIS_PASSWORD for a URL without credentials', async t => {
+    t.same(loadConfig({ ...minimal(), REDIS_URL: 'redis://redis.internal:6379', REDIS_USERNAME: 'broker', REDIS_PASSWORD: DATA_PASSWORD }).redis,
+      { mode: 'standalone', url: 'redis://redis.internal:6379', username: 'broker', password: DATA_PASSWORD })
+    t.same(loadConfig({ ...minimal(), REDIS_URL: 'rediss://redis.internal:6380', REDIS_PASSWORD: DATA_PASSWORD, REDIS_CA_FILE: CERT }).redis,
+      { mode: 'standalone', url: 'rediss://redis.internal:6380', password: DATA_PASSWORD, tls: { ca: CERT_PEM } })
+    t.same(loadConfig({ ...minimal(), REDIS_URL: 'rediss://redis.internal:6380', REDIS_TLS: 'true' }).redis,
+      { mode: 'standalone', url: 'rediss://redis.internal:6380', tls: {} }, 'REDIS_TLS=true agrees with rediss://')
+    t.same(loadConfig({ ...minimal(), REDIS_URL: 'rediss://redis.internal:6380', REDIS_TLS: 'false' }).redis,
+      { mode: 'standalone', url: 'rediss://redis.internal:6380', tls: {} }, 'REDIS_TLS=false does not turn rediss:// off')
+    t.equal(loadConfig(minimal()).redis.password, undefined, 'no password by default')
+  })
+
+  t.test('bad combinations: one line naming the variable, no password', async t => {
+    const cases: Array<[string, Env, string]> = [
+      ['REDIS_PASSWORD beside a password in REDIS_URL', { REDIS_PASSWORD: DATA_PASSWORD }, 'REDIS_PASSWORD'],
+      ['REDIS_PASSWORD beside a user in REDIS_URL', { REDIS_URL: 'redis://someone@redis.internal:6379', REDIS_PASSWORD: DATA_PASSWORD }, 'REDIS_PASSWORD'],
+      ['REDIS_USERNAME without REDIS_PASSWORD', { ...cluster, REDIS_USERNAME: 'broker' }, 'REDIS_USERNAME'],
+      ['REDIS_SENTINEL_USERNAME without REDIS_SENTINEL_PASSWORD', { ...sentinels, REDIS_SENTINEL_USERNAME: 'watcher' }, 'REDIS_SENTINEL_USERNAME'],
+      ['REDIS_SENTINEL_PASSWORD without REDIS_SENTINELS', { REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }, 'REDIS_SENTINEL_PASSWORD'],
+      ['REDIS_SENTINEL_PASSWORD with a cluster', { ...cluster, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }, 'REDIS_SENTINEL_PASSWORD'],
+      ['REDIS_SENTINEL_USERNAME without REDIS_SENTINELS', { REDIS_SENTINEL_USERNAME: 'watcher' }, 'REDIS_SENTINEL_USERNAME'],
+      ['REDIS_TLS=true with a redis:// URL', { REDIS_TLS: 'true' }, 'REDIS_TLS'],
+      ['REDIS_TLS not a boolean', { ...cluster, REDIS_TLS: 'yes' }, 'REDIS_TLS'],
+      ['REDIS_CA_FILE with a redis:// URL', { REDIS_CA_FILE: CERT }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE with a cluster without REDIS_TLS', { ...cluster, REDIS_CA_FILE: CERT }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE with Sentinel and REDIS_TLS=false', { ...sentinels, REDIS_TLS: 'false', REDIS_CA_FILE: CERT }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE does not exist', { ...cluster, REDIS_TLS: 'true', REDIS_CA_FILE: MISSING }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE is a directory', { ...cluster, REDIS_TLS: 'true', REDIS_CA_FILE: dir }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE is not PEM', { ...cluster, REDIS_TLS: 'true', REDIS_CA_FILE: JUNK }, 'REDIS_CA_FILE'],
+      ['REDIS_CA_FILE is a private key', { ...cluster, REDIS_TLS: 'true', REDIS_CA_FILE: KEY }, 'REDIS_CA_FILE'],
+      ['REDIS_PASSWORD empty', { ...cluster, REDIS_PASSWORD: '' }, 'REDIS_PASSWORD'],
+      ['REDIS_SENTINEL_PASSWORD empty', { ...sentinels, REDIS_SENTINEL_PASSWORD: '' }, 'REDIS_SENTINEL_PASSWORD']
+    ]
+    for (const [title, overrides, name] of cases) {
+      t.test(title, async t => {
+        const line = failsOn(t, base(overrides), name)
+        for (const secret of [DATA_PASSWORD, SENTINEL_PASSWORD, REDIS_PASSWORD]) t.notOk(line.includes(secret), 'no password in the line')
+      })
+    }
+    t.test('credentials in REDIS_URL and both REDIS_USERNAME and REDIS_PASSWORD: a line for each', async t => {
+      const problems = fails(t, base({ REDIS_URL: `redis://someone:${REDIS_PASSWORD}@redis.internal:6379`, REDIS_USERNAME: 'broker', REDIS_PASSWORD: DATA_PASSWORD }))
+      t.same(names(problems), ['REDIS_PASSWORD', 'REDIS_USERNAME'])
+    })
+    t.test('reported beside schema problems too', async t => {
+      const problems = fails(t, base({ PORT: 'http', REDIS_TLS: 'true', REDIS_CA_FILE: JUNK, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }))
+      t.same(names(problems), ['PORT', 'REDIS_CA_FILE', 'REDIS_SENTINEL_PASSWORD', 'REDIS_TLS'])
+    })
   })
 })
 
@@ -460,6 +555,14 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
     writeFileSync(path, content)
     return path
   }
+  /** What base() needs beside each secret for it to apply. */
+  const FILE_CONTEXT: Partial<Record<typeof SECRET_VARIABLES[number], Env>> = {
+    CYBS_CLIENT_KEY_PASSPHRASE: { CYBS_CLIENT_CERT_FILE: CERT, CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY },
+    REDIS_PASSWORD: { REDIS_URL: 'redis://redis.internal:6379' },
+    REDIS_SENTINEL_PASSWORD: { REDIS_SENTINELS: 'sentinel-1:26379', REDIS_SENTINEL_NAME: 'mymaster' }
+  }
+  /** A value for each secret that base() lacks. */
+  const INLINE: Env = { REDIS_PASSWORD: DATA_PASSWORD, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }
   /** base() with NAME replaced by NAME_FILE pointing at a file holding `content`. */
   const viaFile = (name: string, content: string, overrides: Env = {}): Env => base({ [name]: undefined, [`${name}_FILE`]: file(content), ...overrides })
 
@@ -477,12 +580,13 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
       CYBS_CLIENT_KEY_PASSPHRASE: [PASSPHRASE, c => c.cybs.tls.passphrase, PASSPHRASE],
       TOKEN_ENCRYPTION_KEYS: [`k9:${KEY_B}`, c => c.encryptionKeys.map(k => k.kid), ['k9']],
       INTERNAL_API_KEYS: [apiKeys, c => c.internalApiKeys, [{ caller: 'portal', secret: API_SECRET_2 }]],
-      REDIS_URL: [redisUrl, c => c.redis, { mode: 'standalone', url: redisUrl }]
+      REDIS_URL: [redisUrl, c => c.redis, { mode: 'standalone', url: redisUrl }],
+      REDIS_PASSWORD: [DATA_PASSWORD, c => c.redis.password, DATA_PASSWORD],
+      REDIS_SENTINEL_PASSWORD: [SENTINEL_PASSWORD, c => c.redis.mode === 'sentinel' ? c.redis.sentinelPassword : 'not sentinel', SENTINEL_PASSWORD]
     }
     for (const name of SECRET_VARIABLES) {
       const [content, pick, expected] = values[name]
-      const overrides = name === 'CYBS_CLIENT_KEY_PASSPHRASE' ? { CYBS_CLIENT_CERT_FILE: CERT, CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY } : {}
-      t.same(pick(loadConfig(viaFile(name, `${content}\n`, overrides))), expected, `${name}_FILE`)
+      t.same(pick(loadConfig(viaFile(name, `${content}\n`, FILE_CONTEXT[name]))), expected, `${name}_FILE`)
     }
   })
 
@@ -501,7 +605,8 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
 
   for (const name of SECRET_VARIABLES) {
     t.test(`${name} and ${name}_FILE both set: one line naming ${name}, no secret`, async t => {
-      const env = base({ CYBS_CLIENT_KEY_PASSPHRASE: PASSPHRASE, [`${name}_FILE`]: file(`${base()[name] ?? PASSPHRASE}\n`) })
+      const value = base()[name] ?? INLINE[name] ?? PASSPHRASE
+      const env = base({ CYBS_CLIENT_KEY_PASSPHRASE: PASSPHRASE, ...FILE_CONTEXT[name], [name]: value, [`${name}_FILE`]: file(`${value}\n`) })
       t.match(failsOn(t, env, name), `${name}_FILE`)
     })
   }
@@ -535,6 +640,10 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
     t.notOk(line.includes(short), 'the secret from the file is not in the line')
     const redis = failsOn(t, viaFile('REDIS_URL', `http://:${REDIS_PASSWORD}@redis.internal:6379\n`), 'REDIS_URL')
     t.notOk(redis.includes(REDIS_PASSWORD))
+    const both = failsOn(t, viaFile('REDIS_PASSWORD', `${DATA_PASSWORD}\n`), 'REDIS_PASSWORD')
+    t.match(both, /REDIS_URL carries credentials/, 'a password from a file beside one in REDIS_URL is rejected too')
+    t.notOk(both.includes(DATA_PASSWORD) || both.includes(REDIS_PASSWORD))
+    failsOn(t, viaFile('REDIS_SENTINEL_PASSWORD', `${SENTINEL_PASSWORD}\n`), 'REDIS_SENTINEL_PASSWORD')
   })
 
   t.test('file problems are reported beside schema and structural problems', async t => {
