@@ -3,15 +3,15 @@
 // ciphertexts bound to their merchant and field, key rotation; and no secret in the logs.
 import t from 'tap'
 import { scanKeys } from '../helpers/redis.js'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built, recordIssuedTokens } from '../helper.js'
+import { build, secrets as newSecrets, CLIENT_ID, type Built, recordIssuedTokens, until } from '../helper.js'
 import type { TestRedis } from '../helpers/redis.js'
 import { buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
 import { createKeyRing, KeyRingError } from '../../src/key-ring.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type TokenStore } from '../../src/token-store.js'
+import { createKeyRotation } from '../../src/key-rotation.js'
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 type Res = Awaited<ReturnType<Built['app']['inject']>>
@@ -202,94 +202,119 @@ t.test('a ciphertext moved to another merchant or field does not decrypt; the AP
   t.equal(ctx.sim.control.stats().refreshes, 0, 'nothing was refreshed with an undecryptable record')
 })
 
-t.test('key rotation: `new,old` reads records written under old and writes under new', async t => {
+const kidOf = (blob: string | null): string => String(blob).split('.')[1]
+/** The key ids of a merchant's two encrypted fields, as stored. */
+async function kids (ctx: Ctx, merchantId: string): Promise<string[]> {
+  return (await ctx.redis.hmget(ctx.keys.merchant(merchantId), 'access_token_enc', 'refresh_token_enc')).map(kidOf)
+}
+const ringOf = (...keys: Array<[string, string]>): ReturnType<typeof createKeyRing> => createKeyRing(keys.map(([kid, key]) => ({ kid, key: Buffer.from(key, 'base64') })))
+
+t.test('key rotation: `new,old` reads records under old without rewriting them; refreshes and onboardings write under new; rotate-keys moves the rest', async t => {
   const oldKey = randomBytes(32).toString('base64')
   const newKey = randomBytes(32).toString('base64')
-  const kidOf = (blob: string | null): string => String(blob).split('.')[1]
-
   const before = await setup(t, { env: { TOKEN_ENCRYPTION_KEYS: `old:${oldKey}` } })
-  for (const m of ['m_r1', 'm_r2', 'm_r3']) t.equal((await onboard(before, m)).statusCode, 200, `onboard ${m} under old`)
-  const r1 = await before.store.get('m_r1')
-  if (r1 === undefined) throw new Error('m_r1 not stored')
-  for (const field of ['access_token_enc', 'refresh_token_enc']) {
-    t.equal(kidOf(await before.redis.hget(before.keys.merchant('m_r1'), field)), 'old', `${field} names kid old`)
+  const olds = ['m_r1', 'm_r2', 'm_r3', 'm_r5']
+  for (const m of olds) t.equal((await onboard(before, m)).statusCode, 200, `onboard ${m} under old`)
+  const r5 = await before.store.getMeta('m_r5')
+  if (r5 === undefined) throw new Error('m_r5 not stored')
+  t.equal(await before.store.markReauthorizationRequired('m_r5', r5), r5.version + 1, 'm_r5 marked reauthorization_required')
+  const written = new Map<string, { accessToken: string, refreshToken: string, version: number }>()
+  for (const m of olds) {
+    const r = await before.store.get(m)
+    if (r === undefined) throw new Error(`${m} not stored`)
+    written.set(m, r)
+    t.same(await kids(before, m), ['old', 'old'], `${m} under old`)
   }
 
-  const r2 = await before.store.get('m_r2')
   const after = await setup(t, { with: before, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
   const read = await after.store.get('m_r1')
-  t.equal(read?.accessToken, r1.accessToken, 'the new ring reads a record written under old')
-  t.equal(read?.refreshToken, r1.refreshToken)
-  // The read rewrites the record under the current key (in the background).
-  for (let i = 0; i < 50 && kidOf(await after.redis.hget(after.keys.merchant('m_r1'), 'refresh_token_enc')) !== 'new'; i++) await sleep(20)
-  for (const field of ['access_token_enc', 'refresh_token_enc']) {
-    t.equal(kidOf(await after.redis.hget(after.keys.merchant('m_r1'), field)), 'new', `read ${field} rewritten under kid new`)
+  t.ok(read?.accessToken === written.get('m_r1')?.accessToken && read?.refreshToken === written.get('m_r1')?.refreshToken, 'the new ring reads a record under old')
+  for (const m of ['m_r1', 'm_r2']) {
+    const lookup = await after.b.app.inject({ url: `/internal/v1/merchants/${m}/access-token`, headers: after.b.auth })
+    t.equal(lookup.statusCode, 200, `the replica with new,old serves ${m}`)
+    t.ok(lookup.json<{ access_token: string }>().access_token === written.get(m)?.accessToken, `${m}: the stored token`)
   }
-  t.equal((await after.store.get('m_r1'))?.refreshToken, r1.refreshToken, 'the rewritten record holds the same refresh token')
-  const lookup = await after.b.app.inject({ url: '/internal/v1/merchants/m_r2/access-token', headers: after.b.auth })
-  t.equal(lookup.statusCode, 200, 'the app with the new ring serves an old record')
-  t.equal(lookup.json<{ access_token: string }>().access_token, r2?.accessToken)
+  const reauth = await after.b.app.inject({ url: '/internal/v1/merchants/m_r5/access-token', headers: after.b.auth })
+  t.equal(reauth.statusCode, 409)
+  t.equal(reauth.json<{ error: { code: string } }>().error.code, 'reauthorization_required')
+  t.equal((await after.b.app.inject({ url: '/internal/v1/merchants/m_r3', headers: after.b.auth })).statusCode, 200)
+  // An old-config replica still reads every one of them: nothing was rewritten under new.
+  const oldOnly = createTokenStore(after.redis, ringOf(['old', oldKey]), after.keys)
+  for (const m of olds) {
+    t.same(await kids(after, m), ['old', 'old'], `${m}: reads left it under old`)
+    t.equal(await after.store.version(m), written.get(m)?.version, `${m}: reads did not write`)
+    t.ok((await oldOnly.get(m))?.refreshToken === written.get(m)?.refreshToken, `${m}: readable with old alone`)
+  }
 
   const refresh = await after.b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_r1/refresh', headers: after.b.auth })
   t.equal(refresh.statusCode, 200, 'forced refresh under the new ring')
-  for (const field of ['access_token_enc', 'refresh_token_enc']) {
-    t.equal(kidOf(await after.redis.hget(after.keys.merchant('m_r1'), field)), 'new', `refreshed ${field} names kid new`)
-  }
+  t.same(await kids(after, 'm_r1'), ['new', 'new'], 'a refresh writes under new')
   t.equal((await onboard(after, 'm_r4')).statusCode, 200, 'onboard under the new ring')
-  for (const field of ['access_token_enc', 'refresh_token_enc']) {
-    t.equal(kidOf(await after.redis.hget(after.keys.merchant('m_r4'), field)), 'new', `new record's ${field} names kid new`)
+  t.same(await kids(after, 'm_r4'), ['new', 'new'], 'an onboarding writes under new')
+  for (const m of ['m_r2', 'm_r3', 'm_r5']) {
+    t.same(await kids(after, m), ['old', 'old'], `${m}: still under old before rotate-keys`)
+    t.equal(await after.store.version(m), written.get(m)?.version)
   }
-  t.equal((await after.store.get('m_r4'))?.merchantId, 'm_r4')
 
-  // A ring without the old key cannot read m_r3 (still under old); one without the new key cannot read m_r4.
-  const onlyNew = createTokenStore(after.redis, createKeyRing([{ kid: 'new', key: Buffer.from(newKey, 'base64') }]), after.keys)
-  await t.rejects(onlyNew.get('m_r3'), KeyRingError, 'old record without the old key: KeyRingError')
-  t.equal((await onlyNew.get('m_r4'))?.merchantId, 'm_r4', 'the new key alone reads new records')
-  await t.rejects(before.store.get('m_r4'), KeyRingError, 'new record with only the old key: KeyRingError')
-  const wrongNew = createTokenStore(after.redis, createKeyRing([{ kid: 'new', key: randomBytes(32) }, { kid: 'old', key: Buffer.from(oldKey, 'base64') }]), after.keys)
+  const rotation = createKeyRotation({ redis: after.b.app.redis, keys: after.keys, keyRing: createKeyRing(after.b.config.encryptionKeys), targetKid: 'new' })
+  const summary = await rotation.run()
+  t.match(summary, { complete: true, rotated: 3, current: 2, scanned: 5, failed: [] }, 'rotate-keys: the three records under old, nothing else')
+  const onlyNew = createTokenStore(after.redis, ringOf(['new', newKey]), after.keys)
+  for (const m of [...olds, 'm_r4']) t.equal((await onlyNew.get(m))?.merchantId, m, `${m}: the new key alone reads it`)
+  for (const m of ['m_r2', 'm_r3', 'm_r5']) {
+    const now = await onlyNew.get(m)
+    t.ok(now?.accessToken === written.get(m)?.accessToken && now?.refreshToken === written.get(m)?.refreshToken, `${m}: the same tokens`)
+    t.equal(now?.version, (written.get(m)?.version ?? 0) + 1, `${m}: one compare-and-set write`)
+  }
+  t.equal((await onlyNew.getMeta('m_r5'))?.status, 'reauthorization_required', 'the rotation keeps the status')
+  const lookup = await after.b.app.inject({ url: '/internal/v1/merchants/m_r2/access-token', headers: after.b.auth })
+  t.ok(lookup.statusCode === 200 && lookup.json<{ access_token: string }>().access_token === written.get('m_r2')?.accessToken, 'the replica serves the rotated record')
+  t.equal((await after.b.app.inject({ url: '/internal/v1/merchants/m_r5/access-token', headers: after.b.auth })).statusCode, 409, 'still 409 after the rotation')
+  t.equal(after.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length, 1, 'one refresh in all: the forced one')
+  const wrongNew = createTokenStore(after.redis, createKeyRing([{ kid: 'new', key: randomBytes(32) }]), after.keys)
   await t.rejects(wrongNew.get('m_r4'), KeyRingError, 'same kid, other key: KeyRingError')
 
   const { text } = await dumpRedis(after.redis)
   t.same(found(text, [...secretsOf(before, true), ...secretsOf(after, true), oldKey, newKey]), [], 'no plaintext after rotation either')
 })
 
-t.test('key rotation: a merchant in reauthorization_required is rewritten under new by a lookup that answers 409', async t => {
+t.test('key rotation: a replica without the key of a record answers 500 encryption_key_unavailable for that merchant only, counts it, and stays up', async t => {
   const oldKey = randomBytes(32).toString('base64')
   const newKey = randomBytes(32).toString('base64')
-  const kidOf = (blob: string | null): string => String(blob).split('.')[1]
+  const stale = await setup(t, { env: { TOKEN_ENCRYPTION_KEYS: `old:${oldKey}` } })
+  for (const m of ['m_k1', 'm_k2']) t.equal((await onboard(stale, m)).statusCode, 200, `onboard ${m} under old`)
+  const k1Ciphertexts = await stale.redis.hmget(stale.keys.merchant('m_k1'), 'access_token_enc', 'refresh_token_enc')
+  // A replica that put new first while this one was never given it (phase 1 skipped).
+  const ahead = await setup(t, { with: stale, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
+  t.equal((await ahead.b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_k1/refresh', headers: ahead.b.auth })).statusCode, 200)
+  t.same(await kids(ahead, 'm_k1'), ['new', 'new'])
+  // The change message drops m_k1 from the stale replica's cache.
+  t.ok(await until(() => stale.b.app.tokenService.peekAccessToken('m_k1') === undefined, 5000), 'the stale replica forgot its cached m_k1')
 
-  const before = await setup(t, { env: { TOKEN_ENCRYPTION_KEYS: `old:${oldKey}` } })
-  t.equal((await onboard(before, 'm_rot_reauth')).statusCode, 200)
-  const written = await before.store.get('m_rot_reauth')
-  if (written === undefined) throw new Error('m_rot_reauth not stored')
-  const marked = await before.store.markReauthorizationRequired('m_rot_reauth', written.version)
-  t.equal(marked, written.version + 1, 'marked reauthorization_required')
-  const key = before.keys.merchant('m_rot_reauth')
-  for (const field of ['access_token_enc', 'refresh_token_enc']) t.equal(kidOf(await before.redis.hget(key, field)), 'old', `${field} under old`)
+  const counted = async (): Promise<number> => (await stale.b.app.metrics.keyUnavailable.get()).values[0]?.value ?? 0
+  t.equal(await counted(), 0)
+  const calls: Array<['GET' | 'POST', string]> = [['GET', '/internal/v1/merchants/m_k1/access-token'], ['POST', '/internal/v1/merchants/m_k1/refresh']]
+  for (const [i, [method, url]] of calls.entries()) {
+    const res = await stale.b.app.inject({ method, url, headers: stale.b.auth })
+    t.equal(res.statusCode, 500, `${method} ${url}: 500`)
+    t.equal(res.json<{ error: { code: string } }>().error.code, 'encryption_key_unavailable', `${method} ${url}: its own code`)
+    const haystack = `${res.body}\n${JSON.stringify(res.headers)}`
+    t.same(found(haystack, [...secretsOf(stale, true), ...secretsOf(ahead, true), ...k1Ciphertexts.map(String), oldKey, newKey]), [], `${method} ${url}: no token, ciphertext or key in the answer`)
+    t.equal(await counted(), i + 1, 'counted in cybs_encryption_key_unavailable_total')
+  }
+  const metrics = await stale.b.app.inject({ url: '/metrics' })
+  t.match(metrics.body, /^cybs_encryption_key_unavailable_total 2$/m, 'exposed on /metrics')
+  t.equal(ahead.sim.control.stats().refreshes, 1, 'the stale replica refreshed nothing')
 
-  const after = await setup(t, { with: before, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
-  const lookup = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth/access-token', headers: after.b.auth })
-  t.equal(lookup.statusCode, 409, lookup.body)
-  t.equal(lookup.json<{ error: { code: string } }>().error.code, 'reauthorization_required')
-
-  // The read behind the 409 rewrites the record under the current key (in the background).
-  for (let i = 0; i < 100 && kidOf(await after.redis.hget(key, 'refresh_token_enc')) !== 'new'; i++) await sleep(20)
-  for (const field of ['access_token_enc', 'refresh_token_enc']) t.equal(kidOf(await after.redis.hget(key, field)), 'new', `${field} rewritten under kid new`)
-  t.equal(await after.redis.hget(key, 'status'), 'reauthorization_required', 'the rewrite keeps the status')
-  t.equal(Number(await after.redis.hget(key, 'version')), (marked ?? 0) + 1, 'one compare-and-set write')
-  const rewritten = await after.store.get('m_rot_reauth')
-  t.equal(rewritten?.refreshToken, written.refreshToken, 'the same refresh token')
-  t.equal(rewritten?.accessToken, written.accessToken, 'the same access token')
-  t.match(rewritten, { status: 'reauthorization_required', connectedAt: written.connectedAt, refreshTokenExpiresAt: written.refreshTokenExpiresAt, accessTokenExpiresAt: written.accessTokenExpiresAt })
-  // The old key can be retired: a ring of the new key alone reads it.
-  const onlyNew = createTokenStore(after.redis, createKeyRing([{ kid: 'new', key: Buffer.from(newKey, 'base64') }]), after.keys)
-  t.equal((await onlyNew.get('m_rot_reauth'))?.refreshToken, written.refreshToken, 'readable without the old key')
-
-  const again = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth/access-token', headers: after.b.auth })
-  t.equal(again.statusCode, 409, 'still 409 after the rewrite')
-  const status = await after.b.app.inject({ url: '/internal/v1/merchants/m_rot_reauth', headers: after.b.auth })
-  t.equal(status.json<{ status: string }>().status, 'reauthorization_required')
-  t.equal(after.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length, 0, 'no refresh attempted')
+  const other = await stale.b.app.inject({ url: '/internal/v1/merchants/m_k2/access-token', headers: stale.b.auth })
+  t.equal(other.statusCode, 200, 'another merchant, under old, is served')
+  t.equal((await stale.b.app.inject({ url: '/internal/v1/merchants/m_k1', headers: stale.b.auth })).json<{ status: string }>().status, 'connected', 'the status route needs no key')
+  t.equal((await stale.b.app.inject({ url: '/health/live' })).statusCode, 200, 'the process is up')
+  t.equal((await stale.b.app.inject({ url: '/health/ready' })).statusCode, 200, 'and ready')
+  t.equal((await ahead.b.app.inject({ url: '/internal/v1/merchants/m_k1/access-token', headers: ahead.b.auth })).statusCode, 200, 'the replica with both keys serves m_k1')
+  // Recovery: the stale replica given the phase 2 list reads it.
+  const fixed = createTokenStore(stale.redis, ringOf(['old', oldKey], ['new', newKey]), stale.keys)
+  t.equal((await fixed.get('m_k1'))?.merchantId, 'm_k1', 'readable once the replica has the new key')
 })
 
 t.test('logs contain no code, token, secret or callback query string', async t => {
