@@ -12,7 +12,7 @@ import { PAGE_HEADERS, consentPage, errorPage } from './html.js'
 
 export const FAULTS = [
   'none', 'invalid_grant', 'invalid_client', 'error_500_oauth', 'error_500_empty', 'error_502_html',
-  'garbage', 'no_access_token', 'not_jwt', 'no_merchant_id', 'drop'
+  'garbage', 'huge', 'no_access_token', 'not_jwt', 'no_merchant_id', 'wrong_merchant', 'drop'
 ] as const
 export type Fault = typeof FAULTS[number]
 export type GrantType = 'authorization_code' | 'refresh_token'
@@ -26,6 +26,13 @@ export interface Behavior {
   times?: number
   /** Only token requests of this grant are affected. */
   grantType?: GrantType
+  /**
+   * The share (0-1) of matching token requests the behavior applies to, drawn at random for each;
+   * the others are answered normally and do not count against `times`. All of them when absent.
+   */
+  failureRate?: number
+  /** The `merchant_id` claim of `wrong_merchant` answers (default `other_merchant`). */
+  merchantId?: string
 }
 
 export interface SimulatorOptions {
@@ -58,6 +65,8 @@ export interface SimulatorOptions {
   loggerInstance?: FastifyBaseLogger
   /** Clock, epoch milliseconds. */
   now?: () => number
+  /** Random numbers in [0, 1) for `failureRate` (Math.random by default). */
+  random?: () => number
 }
 
 export interface TokenRequestRecord {
@@ -107,12 +116,30 @@ export const TOKEN_PATH = '/oauth2/v3/token'
 const CORRELATION_HEADER = 'v-c-client-correlation-id'
 const MAX_PARAM_LENGTH = 2048
 const DEFAULT_SCOPES = ['payments_with_standalone_credit', 'transactions', 'invoicing', 'boarding']
+/** Size of the `huge` fault's body: far over what any client should buffer. */
+export const HUGE_BODY_BYTES = 10 * 1024 * 1024
+const DEFAULT_WRONG_MERCHANT = 'other_merchant'
+
+let hugeBody: Buffer | undefined
+/** A JSON-looking body of HUGE_BODY_BYTES, made once and shared (the simulator's own memory stays flat). */
+function huge (): Buffer {
+  if (hugeBody === undefined) {
+    const head = '{"access_token":"'
+    const tail = '","token_type":"Bearer"}'
+    hugeBody = Buffer.alloc(HUGE_BODY_BYTES, 'A')
+    hugeBody.write(head, 0)
+    hugeBody.write(tail, HUGE_BODY_BYTES - tail.length)
+  }
+  return hugeBody
+}
 
 const BehaviorSchema = Type.Object({
   fault: Type.Optional(Type.Union(FAULTS.map(f => Type.Literal(f)))),
   delayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
   times: Type.Optional(Type.Integer({ minimum: 1 })),
-  grantType: Type.Optional(Type.Union([Type.Literal('authorization_code'), Type.Literal('refresh_token')]))
+  grantType: Type.Optional(Type.Union([Type.Literal('authorization_code'), Type.Literal('refresh_token')])),
+  failureRate: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  merchantId: Type.Optional(Type.String({ pattern: ID_PATTERN.source }))
 }, { additionalProperties: false })
 const MerchantSchema = Type.Object({ merchant_id: Type.String({ pattern: ID_PATTERN.source }) })
 
@@ -150,6 +177,7 @@ function isHttpUrl (value: string): boolean {
 
 export function buildSimulator (opts: SimulatorOptions): Simulator {
   const now = opts.now ?? Date.now
+  const random01 = opts.random ?? Math.random
   const scopes = opts.scopes ?? DEFAULT_SCOPES
   const codeTtlMs = (opts.codeTtlSeconds ?? 600) * 1000
   const accessTtl = opts.accessTokenTtlSeconds ?? 900
@@ -282,6 +310,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
     if (remaining <= 0) return undefined
     if ((behavior.fault ?? 'none') === 'none' && (behavior.delayMs ?? 0) === 0) return undefined
     if (behavior.grantType !== undefined && behavior.grantType !== grantType) return undefined
+    if (behavior.failureRate !== undefined && random01() >= behavior.failureRate) return undefined
     remaining--
     return behavior
   }
@@ -438,6 +467,15 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
       case 'garbage':
         stats.failures++
         return reply.code(200).type('application/json;charset=UTF-8').send('{"access_token": <<not json>>')
+      case 'huge':
+        stats.failures++
+        return reply.code(200).type('application/json;charset=UTF-8').send(huge())
+      case 'wrong_merchant': {
+        // Well-formed tokens for another merchant; no grant is used or issued.
+        const other = b?.merchantId ?? DEFAULT_WRONG_MERCHANT
+        stats.failures++
+        return json(200, tokenResponse(other, jwt('refresh_token', other, refreshTtl), true))
+      }
       case 'no_access_token': stats.failures++; return json(200, { token_type: 'Bearer', expires_in: accessTtl, scope: scopes.join(' '), client_status: 'active' })
       case 'not_jwt':
         stats.failures++

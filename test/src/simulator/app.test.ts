@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator, type SimulatorOptions, type Simulator } from '../../../src/simulator/app.js'
+import { AUTHORIZE_PATH, HUGE_BODY_BYTES, TOKEN_PATH, buildSimulator, type SimulatorOptions, type Simulator } from '../../../src/simulator/app.js'
 import { decodeJwtPayload } from '../../../src/cybersource/jwt.js'
 
 const CLIENT_ID = 'sim-client'
@@ -463,4 +463,92 @@ t.test('the admin API can be switched off', async t => {
   const sim = build(t, { adminApi: false })
   t.equal((await admin(sim, '/__sim/stats')).statusCode, 404)
   t.equal((await admin(sim, '/__sim/behavior', { fault: 'drop' })).statusCode, 404)
+})
+
+t.test('huge answers 200 with a 10 MB body that looks like JSON; no grant is used', async t => {
+  const sim = build(t)
+  const code = sim.control.issueCode('m1')
+  sim.control.setBehavior({ fault: 'huge', times: 2 })
+  const { res } = await exchange(sim, code)
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /^application\/json/)
+  t.equal(res.rawPayload.length, HUGE_BODY_BYTES)
+  t.ok(res.body.startsWith('{"access_token":"'), 'starts like a token answer')
+  t.ok(res.body.endsWith('"}'), 'and ends like one')
+  t.equal((await exchange(sim, code)).res.rawPayload.length, HUGE_BODY_BYTES, 'every time')
+  t.equal((await exchange(sim, code)).res.statusCode, 200, 'the code was not consumed')
+  t.same(sim.control.stats(), { exchanges: 1, refreshes: 0, failures: 2 })
+})
+
+t.test('wrong_merchant answers well-formed tokens of another merchant; no grant is used or issued', async t => {
+  const sim = build(t, { rotateRefreshTokens: true })
+  const { body } = await exchange(sim, sim.control.issueCode('m1'))
+  const rt = String(body.refresh_token)
+
+  sim.control.setBehavior({ fault: 'wrong_merchant', grantType: 'refresh_token', times: 1 })
+  const deflt = await refresh(sim, rt)
+  t.equal(deflt.res.statusCode, 200)
+  t.equal(decodeJwtPayload(String(deflt.body.access_token))?.merchant_id, 'other_merchant')
+  t.equal(decodeJwtPayload(String(deflt.body.refresh_token))?.merchant_id, 'other_merchant')
+  t.match(deflt.body, { token_type: 'Bearer', expires_in: Number, scope: String, refresh_token_expires_in: Number })
+
+  sim.control.setBehavior({ fault: 'wrong_merchant', merchantId: 'm2', grantType: 'refresh_token', times: 1 })
+  const named = await refresh(sim, rt)
+  t.equal(decodeJwtPayload(String(named.body.access_token))?.merchant_id, 'm2')
+  t.equal((await refresh(sim, String(named.body.refresh_token))).body.error, 'invalid_grant', 'its refresh token is not a real grant')
+
+  const real = await refresh(sim, rt)
+  t.equal(real.res.statusCode, 200, 'the merchant\'s own refresh token still works (it was not rotated)')
+  t.equal(decodeJwtPayload(String(real.body.access_token))?.merchant_id, 'm1')
+  t.same(sim.control.stats(), { exchanges: 1, refreshes: 1, failures: 3 })
+})
+
+t.test('failureRate applies the behavior to a share of the matching requests', async t => {
+  const draws: number[] = []
+  const sim = build(t, { random: () => draws.shift() ?? 0 })
+  const { body } = await exchange(sim, sim.control.issueCode('m1'))
+  const rt = String(body.refresh_token)
+
+  sim.control.setBehavior({ fault: 'error_500_empty', failureRate: 0.25, times: 2, grantType: 'refresh_token' })
+  const statuses: number[] = []
+  draws.push(0.9, 0.1, 0.25, 0.2, 0.0)
+  for (let i = 0; i < 5; i++) statuses.push((await refresh(sim, rt)).res.statusCode)
+  // 0.9 and 0.25 are not below the rate: normal answers that do not use up `times`.
+  t.same(statuses, [200, 500, 200, 500, 200])
+  t.equal(draws.length, 1, 'once times is used up, no number is drawn')
+
+  sim.control.setBehavior({ fault: 'error_500_empty', failureRate: 0.25, grantType: 'refresh_token' })
+  draws.length = 0
+  draws.push(0)
+  t.equal((await exchange(sim, sim.control.issueCode('m1'))).res.statusCode, 200, 'other grants are not drawn for')
+  t.equal(draws.length, 1)
+
+  sim.control.setBehavior({ fault: 'drop', failureRate: 0 })
+  draws.length = 0
+  for (let i = 0; i < 3; i++) t.equal((await refresh(sim, rt)).res.statusCode, 200, 'rate 0: never')
+  sim.control.setBehavior({ fault: 'error_502_html', failureRate: 1 })
+  draws.push(0.999999)
+  t.equal((await refresh(sim, rt)).res.statusCode, 502, 'rate 1: always')
+  t.same(sim.control.stats(), { exchanges: 2, refreshes: 6, failures: 3 })
+})
+
+t.test('failureRate spreads faults over requests with Math.random by default', async t => {
+  const sim = build(t)
+  const { body } = await exchange(sim, sim.control.issueCode('m1'))
+  sim.control.setBehavior({ fault: 'error_500_empty', failureRate: 0.5 })
+  let failed = 0
+  for (let i = 0; i < 200; i++) if ((await refresh(sim, String(body.refresh_token))).res.statusCode === 500) failed++
+  // Binomial(200, 0.5): outside 50-150 with a probability below 1e-12.
+  t.ok(failed > 50 && failed < 150, `about half failed (${failed} of 200)`)
+})
+
+t.test('admin API takes failureRate and merchantId, and validates them', async t => {
+  const sim = build(t)
+  const set = await admin(sim, '/__sim/behavior', { fault: 'wrong_merchant', merchantId: 'm_9', failureRate: 0.1 })
+  t.equal(set.statusCode, 200)
+  t.same(set.json(), { fault: 'wrong_merchant', merchantId: 'm_9', failureRate: 0.1 })
+  t.equal((await admin(sim, '/__sim/behavior', { failureRate: 1.5 })).statusCode, 400)
+  t.equal((await admin(sim, '/__sim/behavior', { failureRate: -0.1 })).statusCode, 400)
+  t.equal((await admin(sim, '/__sim/behavior', { merchantId: 'bad id' })).statusCode, 400)
+  t.same(sim.control.behavior(), { fault: 'wrong_merchant', merchantId: 'm_9', failureRate: 0.1 })
 })
