@@ -21,11 +21,11 @@ import type { EncryptionKey } from '../../src/config.js'
 import { createTokenStore, type NewRecord, type TokenStore } from '../../src/token-store.js'
 import { createRefreshLock, type RefreshLock } from '../../src/refresh-lock.js'
 import { createKeyRotation, formatCursor, parseCursor, MAX_PASSES, type KeyRotation, type Progress } from '../../src/key-rotation.js'
+import { fakeToken, newRecord } from '../helpers/records.js'
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-const HOUR = 3600_000
 const key = (kid: string): EncryptionKey => ({ kid, key: randomBytes(32) })
 const OLD = key('old')
 const NEW = key('new')
@@ -72,24 +72,8 @@ async function setup (t: Tap, prefix = 'kr:'): Promise<Ctx> {
   return context(redis, prefix, server.url)
 }
 
-const token = (kind: string): string => `${kind}.${randomBytes(24).toString('base64url')}.${randomBytes(48).toString('base64url')}`
-
-function record (merchantId: string, overrides: Partial<NewRecord> = {}): NewRecord {
-  const now = Date.now()
-  return {
-    merchantId,
-    status: 'connected',
-    scope: 'payments',
-    clientStatus: 'active',
-    connectedAt: now - HOUR,
-    accessTokenExpiresAt: now + 15 * 60_000,
-    refreshTokenExpiresAt: now + 365 * 24 * HOUR,
-    lastRefreshedAt: null,
-    accessToken: token('at'),
-    refreshToken: token('rt'),
-    ...overrides
-  }
-}
+const token = fakeToken
+const record = newRecord
 
 /** Writes a record (a new onboarding) with `store` and remembers it. */
 async function onboard (ctx: Ctx, store: TokenStore, merchantId: string, overrides: Partial<NewRecord> = {}): Promise<NewRecord> {

@@ -7,15 +7,15 @@ import { startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpe
 import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createKeyRing } from '../../src/key-ring.js'
-import { createTokenStore, RECORD_GRACE_MS, type NewRecord, type TokenStore } from '../../src/token-store.js'
+import { createTokenStore, RECORD_GRACE_MS, type TokenStore } from '../../src/token-store.js'
 import { InvalidRequestError, StorageUnavailableError } from '../../src/errors.js'
+import { HOUR, newRecord } from '../helpers/records.js'
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 
 const PREFIX = 'ts:'
 const keys = createRedisKeys(PREFIX)
 const ring = createKeyRing([{ kid: 'k1', key: randomBytes(32) }])
-const HOUR = 3600_000
 
 async function setup (t: Tap): Promise<{ server: TestRedis, redis: Redis, store: TokenStore }> {
   const server = await startRedis(t)
@@ -26,24 +26,7 @@ async function setup (t: Tap): Promise<{ server: TestRedis, redis: Redis, store:
   return { server, redis, store: createTokenStore(redis, ring, keys) }
 }
 
-const token = (kind: string): string => `${kind}.${randomBytes(24).toString('base64url')}.${randomBytes(64).toString('base64url')}`
-
-function record (merchantId: string, overrides: Partial<NewRecord> = {}): NewRecord {
-  const now = Date.now()
-  return {
-    merchantId,
-    status: 'connected',
-    scope: 'payments transactions',
-    clientStatus: 'active',
-    connectedAt: now,
-    accessTokenExpiresAt: now + 15 * 60_000,
-    refreshTokenExpiresAt: now + 365 * 24 * HOUR,
-    lastRefreshedAt: null,
-    accessToken: token('at'),
-    refreshToken: token('rt'),
-    ...overrides
-  }
-}
+const record = newRecord
 
 /**
  * Runs fn while the server is stopped and starts it again whatever happens: the redis helper's
