@@ -11,11 +11,11 @@ import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import { createTokenStore, type TokenStore } from './token-store.js'
 import { createRefreshLock, type RefreshLock } from './refresh-lock.js'
-import { scanMerchants, scanTargets, type ScanPosition } from './key-space.js'
+import { START, atStart, scanMerchants, scanTargets, type ScanPosition } from './key-space.js'
 import { createRecordRotation, type Outcome, type Retryable } from './record-rotation.js'
 import { StorageUnavailableError } from './errors.js'
 
-export type { ScanPosition } from './key-space.js'
+export { START, formatCursor, parseCursor, type ScanPosition } from './key-space.js'
 
 /** Keys asked of SCAN per page. */
 export const PAGE_SIZE = 200
@@ -25,14 +25,6 @@ export const BUSY_TIMEOUT_MS = 60_000
 export const MAX_PASSES = 3
 const CONCURRENCY = 8
 const MAX_CONFLICTS = 5
-
-export const START: ScanPosition = { node: 0, scan: '0' }
-export const formatCursor = (p: ScanPosition): string => `${p.node}:${p.scan}`
-export function parseCursor (text: string): ScanPosition | undefined {
-  const m = /^(\d{1,4}):(\d{1,20})$/.exec(text)
-  return m === null ? undefined : { node: Number(m[1]), scan: m[2] }
-}
-const atStart = (p: ScanPosition): boolean => p.node === 0 && p.scan === '0'
 
 export type FailureReason = 'unknown_key_id' | 'undecryptable' | 'unreadable' | 'busy' | 'conflict' | 'storage_unavailable' | 'error'
 

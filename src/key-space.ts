@@ -9,6 +9,15 @@ import { storageCall } from './storage-errors.js'
 /** A master (its index in address order; 0 off Cluster) and its SCAN cursor. */
 export interface ScanPosition { node: number, scan: string }
 
+export const START: ScanPosition = { node: 0, scan: '0' }
+export const atStart = (p: ScanPosition): boolean => p.node === 0 && p.scan === '0'
+/** A position as text (`node:scan`), as `npm run rotate-keys` prints and takes it. */
+export const formatCursor = (p: ScanPosition): string => `${p.node}:${p.scan}`
+export function parseCursor (text: string): ScanPosition | undefined {
+  const m = /^(\d{1,4}):(\d{1,20})$/.exec(text)
+  return m === null ? undefined : { node: Number(m[1]), scan: m[2] }
+}
+
 const address = (n: Redis): string => `${n.options.host ?? ''}:${n.options.port ?? ''}`
 
 /** The servers to scan: the Cluster's masters in address order, or the one server. */
