@@ -23,6 +23,8 @@ export const AccessTokenSchema = Type.Object({
   scope: Type.String()
 })
 
+export type AccessTokenAnswer = Static<typeof AccessTokenSchema>
+
 export const MerchantStatusSchema = Type.Object({
   merchant_id: Type.String(),
   status: Type.Union([Type.Literal('connected'), Type.Literal('reauthorization_required')]),

@@ -6,7 +6,7 @@ import type { MerchantMeta } from '../../../../src/token-store.js'
 import { MerchantNotFoundError } from '../../../../src/errors.js'
 import {
   AccessTokenSchema, ListQuerySchema, MerchantListSchema, MerchantParamsSchema, MerchantStatusSchema,
-  errors, type MerchantStatus
+  errors, type AccessTokenAnswer, type MerchantStatus
 } from '../../../../src/schemas.js'
 
 const iso = (ms: number): string => new Date(ms).toISOString()
@@ -29,23 +29,26 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
   const tags = ['merchants']
   const security = [{ bearer: [] }]
 
-  // The lookup's body changes only with the token and the second of expires_in: it is serialized
-  // (by the route's response schema) and encoded to bytes once per token and second, and those
-  // bytes are sent as they are. Entries go with their token objects, which the token cache shares
-  // between lookups.
-  const bodies = new WeakMap<AccessToken, { expiresIn: number, body: Buffer }>()
-  const lookupBody = (reply: FastifyReply, token: AccessToken): Buffer => {
+  // The lookup's body changes only with the token and the second of expires_in: it is made once
+  // per token and second and sent as it is. Entries go with their token objects, which the token
+  // cache shares between lookups. JSON.stringify of an object typed by the route's response
+  // schema (no other field can be added): its string is flat, so Node writes it with the headers
+  // in one write, where the schema serializer's string, built piece by piece, or a Buffer beside
+  // the header string, cost a measurable share of every lookup (bench/RESULTS.md).
+  const bodies = new WeakMap<AccessToken, { expiresIn: number, body: string }>()
+  const lookupBody = (token: AccessToken): string => {
     const expiresIn = Math.floor((token.expiresAt - app.now()) / 1000)
     let memo = bodies.get(token)
     if (memo === undefined || memo.expiresIn !== expiresIn) {
-      const body = Buffer.from(reply.serialize({
+      const answer: AccessTokenAnswer = {
         merchant_id: token.merchantId,
         access_token: token.accessToken,
         token_type: token.tokenType,
         expires_at: iso(token.expiresAt),
         expires_in: expiresIn,
         scope: token.scope
-      }) as string)
+      }
+      const body = JSON.stringify(answer)
       memo = { expiresIn, body }
       bodies.set(token, memo)
     }
@@ -65,10 +68,9 @@ export default async function merchantRoutes (fastify: FastifyInstance): Promise
     // A fresh cached token needs no Redis; otherwise the token service may read Redis or refresh.
     const id = request.params.merchantId
     const token = app.tokenService.peekAccessToken(id) ?? await app.tokenService.getAccessToken(id)
-    // Sent as the bytes lookupBody made with the route's own serializer: Fastify sends a Buffer as
-    // it is (the typed reply only knows the object form).
+    // Fastify sends a string with a JSON type as it is (the typed reply only knows the object form).
     const raw: FastifyReply = reply
-    return await raw.header('cache-control', 'no-store').type('application/json; charset=utf-8').send(lookupBody(reply, token))
+    return await raw.header('cache-control', 'no-store').type('application/json; charset=utf-8').send(lookupBody(token))
   })
 
   app.get('/:merchantId', {
