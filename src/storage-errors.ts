@@ -33,7 +33,3 @@ export async function retryStorage<T> (fn: () => Promise<T>, delaysMs: number[],
     }
   }
 }
-
-/** Worst-case duration of retryStorage: every attempt timing out, plus the waits. */
-export const retryBudgetMs = (delaysMs: number[], attemptTimeoutMs: number): number =>
-  delaysMs.reduce((a, b) => a + b, 0) + (delaysMs.length + 1) * attemptTimeoutMs

@@ -45,8 +45,6 @@ export interface TokenSet {
 export interface TokenClient {
   exchangeCode: (code: string) => Promise<TokenSet>
   refresh: (refreshToken: string) => Promise<TokenSet>
-  /** Upper bound of one refresh() call, retries included: what a refresh lock must outlive. */
-  readonly maxRefreshMs: number
   /** Shutdown has begun: no further retries (a call under way finishes its current attempt). */
   drain: () => void
   close: () => Promise<void>
@@ -200,7 +198,6 @@ export function createTokenClient (opts: TokenClientOptions): TokenClient {
   return {
     exchangeCode: async (code) => await call({ grant_type: 'authorization_code', code }, attempts),
     refresh: async (refreshToken) => await call({ grant_type: 'refresh_token', refresh_token: refreshToken }, attempts),
-    maxRefreshMs: attempts * opts.timeoutMs + (attempts - 1) * maxBackoffMs,
     drain: () => { draining = true },
     close: async () => { await dispatcher.close() }
   }
