@@ -20,6 +20,13 @@ export interface Metrics {
   upstreamDuration: Histogram<'grant_type' | 'outcome'>
   merchants: Gauge<'status'>
   keyUnavailable: Counter
+  /** Callbacks whose state was valid but came from another browser (counted whether binding is required or off). */
+  bindingFailures: Counter<'enforced'>
+  /** 1 when ONBOARDING_BROWSER_BINDING=off. */
+  bindingDisabled: Gauge
+  /** Onboardings refused because a client, or all clients together, hold too many states. */
+  statesRefused: Counter<'scope'>
+  onboardingLinks: Counter<'event'>
 }
 
 declare module 'fastify' {
@@ -59,6 +66,10 @@ export default fp(async (app) => {
     lockWaitDuration: new Histogram({ name: 'cybs_refresh_lock_wait_seconds', help: 'Time spent waiting on another replica\'s refresh', labelNames: ['outcome'], buckets: latency, registers }),
     callbacks: new Counter({ name: 'cybs_oauth_callbacks_total', help: 'OAuth callbacks by outcome', labelNames: ['outcome'], registers }),
     keyUnavailable: new Counter({ name: 'cybs_encryption_key_unavailable_total', help: 'Records that could not be read: their key id is not in TOKEN_ENCRYPTION_KEYS', registers }),
+    bindingFailures: new Counter({ name: 'cybs_onboarding_browser_mismatch_total', help: 'Callbacks with a valid state from another browser than the one that started the onboarding', labelNames: ['enforced'], registers }),
+    bindingDisabled: new Gauge({ name: 'cybs_onboarding_browser_binding_disabled', help: '1 when ONBOARDING_BROWSER_BINDING=off', registers }),
+    statesRefused: new Counter({ name: 'cybs_onboarding_states_refused_total', help: 'Onboardings refused by the cap on outstanding states, per client or in total', labelNames: ['scope'], registers }),
+    onboardingLinks: new Counter({ name: 'cybs_onboarding_links_total', help: 'Onboarding links created, visited, connected and failed', labelNames: ['event'], registers }),
     upstreamDuration: new Histogram({ name: 'cybs_upstream_request_duration_seconds', help: 'CyberSource token requests by grant type and outcome', labelNames: ['grant_type', 'outcome'], buckets: latency, registers }),
     merchants: new Gauge({
       name: 'cybs_merchants',
@@ -79,5 +90,6 @@ export default fp(async (app) => {
       }
     })
   }
+  metrics.bindingDisabled.set(app.config.browserBinding === 'off' ? 1 : 0)
   app.decorate('metrics', metrics)
 }, { name: 'metrics', dependencies: ['config'] })

@@ -46,6 +46,8 @@ function answerHeaders (reply: FastifyReply, id: string): FastifyReply {
   return reply.header('x-correlation-id', id).header('x-content-type-options', 'nosniff')
 }
 
+const trustHops = (hops: number) => (_address: string, hop: number): boolean => hop < hops
+
 declare module 'fastify' {
   interface FastifyRequest {
     /** performance.now() when the request reached the app (for durations in log lines). */
@@ -83,7 +85,8 @@ export function createServer (config: Config, opts: { pretty?: boolean, logStrea
     keepAliveTimeout: 10_000,
     clientErrorHandler,
     return503OnClosing: true,
-    trustProxy: config.trustProxy,
+    // A hop count as proxy-addr reads one (Fastify's types accept only the function form of it).
+    trustProxy: typeof config.trustProxy === 'number' ? trustHops(config.trustProxy) : config.trustProxy,
     // A malformed URL or an over-long path parameter: a 400 with a fixed message (Fastify's own
     // echoes the URL, whose query may hold an authorization code), as a page on browser routes.
     // No hook runs for it: it sets the headers that the app's and the browser routes' give.

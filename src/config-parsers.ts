@@ -2,6 +2,7 @@
 // key lists, the Redis topology and the mutual-TLS files. Every problem is pushed as one line
 // naming the variable; no line ever quotes a secret.
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { X509Certificate, createPrivateKey } from 'node:crypto'
 
 export type Problems = string[]
@@ -44,6 +45,28 @@ export function parseUrl (problems: Problems, name: string, value: string, proto
   // A bare '?' or '#' leaves url.search and url.hash empty but stays in the href.
   if (bareBase && (value.includes('?') || value.includes('#'))) problems.push(`${name}: must not have a query string or fragment (paths are appended to it)`)
   return url.href
+}
+
+/**
+ * TRUST_PROXY: `false`; `true`, which means one hop (the address the nearest proxy saw: trusting
+ * every hop would let a client choose its rate-limit bucket with its own X-Forwarded-For); a hop
+ * count; or a comma list of trusted proxy addresses and CIDRs.
+ */
+export function parseTrustProxy (problems: Problems, value: string): false | number | string[] {
+  const v = value.trim()
+  if (v === 'false' || v === '0') return false
+  if (v === 'true') return 1
+  if (/^[0-9]{1,2}$/.test(v)) return Number(v)
+  const entries = v.split(',').map(s => s.trim())
+  const bad = entries.filter(entry => {
+    const [address, bits, ...rest] = entry.split('/')
+    const family = isIP(address)
+    if (family === 0 || rest.length > 0) return true
+    if (bits === undefined) return false
+    return !/^[0-9]{1,3}$/.test(bits) || Number(bits) > (family === 4 ? 32 : 128)
+  })
+  if (bad.length > 0) problems.push(`TRUST_PROXY: must be false, true, a hop count (0-99) or a comma list of IP addresses/CIDRs (${bad.length} invalid)`)
+  return entries
 }
 
 function parseHostPorts (problems: Problems, name: string, value: string): HostPort[] {

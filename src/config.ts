@@ -3,7 +3,7 @@
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
 import {
-  parseEncryptionKeys, parseInternalApiKeys, parseRedis, parseUrl, readTls,
+  parseEncryptionKeys, parseInternalApiKeys, parseRedis, parseTrustProxy, parseUrl, readTls,
   type EncryptionKey, type InternalApiKey, type Problems, type RedisConfig, type TlsMaterial
 } from './config-parsers.js'
 import { resolveSecretFiles } from './config-secret-files.js'
@@ -46,12 +46,21 @@ export const EnvSchema = Type.Object({
   STATE_TTL_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 600 }),
   CYBS_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120000, default: 10000 }),
   // Operational knobs beyond the product contract (documented with the others in docs/configuration.md).
-  RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 30 }),
+  RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 120 }),
   RATE_LIMIT_WINDOW_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 60 }),
   INTERNAL_API_DOCS: Type.Boolean({ default: true }),
   AUDIT_SUMMARY_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 10 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 20000 }),
-  TRUST_PROXY: Type.Boolean({ default: false })
+  TRUST_PROXY: Str({ default: 'false', maxLength: 2048 }),
+  INTERNAL_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+  INTERNAL_HOST: Type.Optional(Str()),
+  ONBOARDING_LINK_TTL_SECONDS: Type.Integer({ minimum: 1, maximum: 2_592_000, default: 604_800 }),
+  ONBOARDING_BROWSER_BINDING: Type.Union([Type.Literal('required'), Type.Literal('off')], { default: 'required' }),
+  PARTNER_NAME: Type.Optional(Str({ maxLength: 100 })),
+  PARTNER_PORTAL_URL: Type.Optional(Str()),
+  STATE_MAX_PER_CLIENT: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
+  STATE_MAX_TOTAL: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 100_000 }),
+  TOKEN_CACHE_MAX_ENTRIES: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 50_000 })
 })
 export type Env = Static<typeof EnvSchema>
 
@@ -94,7 +103,15 @@ export interface Config {
   /** Successful lookups are audited as a summary per caller and merchant this often; 0: a line each. */
   auditSummarySeconds: number
   shutdownGraceMs: number
-  trustProxy: boolean
+  /** Fastify's trustProxy: false, a hop count, or the trusted proxy addresses/CIDRs. */
+  trustProxy: false | number | string[]
+  /** The second listener of the internal API, /metrics and /docs (INTERNAL_PORT). */
+  internalListener?: { host: string, port: number }
+  links: { ttlSeconds: number }
+  browserBinding: 'required' | 'off'
+  pages: { partnerName?: string, portalUrl?: string }
+  stateLimits: { perClient: number, total: number }
+  tokenCache: { maxEntries: number }
 }
 
 export const CYBS_URLS = {
@@ -134,7 +151,7 @@ function validateEnv (env: Record<string, string | undefined>): { env: Env } | {
       if (lines.has(name)) continue
       const message = e.keyword === 'required'
         ? 'is required'
-        : name === 'LOG_LEVEL' || name === 'CYBS_ENVIRONMENT'
+        : name === 'LOG_LEVEL' || name === 'CYBS_ENVIRONMENT' || name === 'ONBOARDING_BROWSER_BINDING'
           ? `must be one of ${((EnvSchema.properties[name].anyOf) as Array<{ const: string }>).map(s => s.const).join(', ')}`
           : (e.message ?? 'is invalid')
       lines.set(name, `${name}: ${message}`)
@@ -150,6 +167,8 @@ function checkStructured (problems: Problems, raw: Record<string, string | undef
   const get = (name: string): string | undefined => flagged.has(name) ? undefined : raw[name]
   const base = get('PUBLIC_BASE_URL')
   if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'], true)
+  const trust = get('TRUST_PROXY')
+  if (trust !== undefined) parseTrustProxy(problems, trust)
   const redisVars = ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES', 'REDIS_USERNAME', 'REDIS_PASSWORD',
     'REDIS_SENTINEL_USERNAME', 'REDIS_SENTINEL_PASSWORD', 'REDIS_TLS', 'REDIS_CA_FILE'] as const
   if (usable(...redisVars)) {
@@ -196,6 +215,9 @@ export function loadConfig (rawEnv: Record<string, string | undefined>): Config 
   const encryptionKeys = parseEncryptionKeys(problems, e.TOKEN_ENCRYPTION_KEYS)
   const internalApiKeys = parseInternalApiKeys(problems, e.INTERNAL_API_KEYS)
   const tls = readTls(problems, e)
+  const trustProxy = parseTrustProxy(problems, e.TRUST_PROXY)
+  const portalUrl = e.PARTNER_PORTAL_URL === undefined ? undefined : parseUrl(problems, 'PARTNER_PORTAL_URL', e.PARTNER_PORTAL_URL, ['http:', 'https:'])
+  if (e.INTERNAL_PORT !== undefined && e.INTERNAL_PORT !== 0 && e.INTERNAL_PORT === e.PORT) problems.push('INTERNAL_PORT: must differ from PORT')
 
   if (problems.length > 0) throw new ConfigError(problems)
   return {
@@ -222,7 +244,13 @@ export function loadConfig (rawEnv: Record<string, string | undefined>): Config 
     internalApiDocs: e.INTERNAL_API_DOCS,
     auditSummarySeconds: e.AUDIT_SUMMARY_SECONDS,
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
-    trustProxy: e.TRUST_PROXY
+    trustProxy,
+    ...(e.INTERNAL_PORT === undefined ? {} : { internalListener: { host: e.INTERNAL_HOST ?? e.HOST, port: e.INTERNAL_PORT } }),
+    links: { ttlSeconds: e.ONBOARDING_LINK_TTL_SECONDS },
+    browserBinding: e.ONBOARDING_BROWSER_BINDING,
+    pages: { partnerName: e.PARTNER_NAME, portalUrl },
+    stateLimits: { perClient: e.STATE_MAX_PER_CLIENT, total: e.STATE_MAX_TOTAL },
+    tokenCache: { maxEntries: e.TOKEN_CACHE_MAX_ENTRIES }
   }
 }
 

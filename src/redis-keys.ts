@@ -6,8 +6,16 @@ export interface RedisKeys {
   prefix: string
   merchant: (merchantId: string) => string
   lock: (merchantId: string) => string
-  /** States are stored under their SHA-256, so a Redis dump holds no usable state value. */
+  /**
+   * States are stored under their SHA-256, so a Redis dump holds no usable state value. A used
+   * state's outcome (for a reload by the same browser) shares its hash tag.
+   */
   state: (state: string) => string
+  stateOutcome: (state: string) => string
+  /** Onboarding links made through the internal API. */
+  link: (id: string) => string
+  /** Counters of onboarding states started per client and in total (prefix; the rest is the bucket). */
+  stateQuota: string
   /** SCAN pattern of merchant records, and the inverse of merchant(). */
   merchantPattern: string
   merchantIdOf: (key: string) => string | undefined
@@ -16,13 +24,18 @@ export interface RedisKeys {
   rateLimit: string
 }
 
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('base64url')
+
 export function createRedisKeys (prefix: string): RedisKeys {
   const merchantHead = `${prefix}merchant:{`
   return {
     prefix,
     merchant: (id) => `${merchantHead}${id}}`,
     lock: (id) => `${prefix}lock:{${id}}`,
-    state: (state) => `${prefix}state:${createHash('sha256').update(state).digest('base64url')}`,
+    state: (state) => `${prefix}state:{${sha256(state)}}`,
+    stateOutcome: (state) => `${prefix}state-outcome:{${sha256(state)}}`,
+    link: (id) => `${prefix}link:{${id}}`,
+    stateQuota: `${prefix}state-quota:`,
     merchantPattern: `${merchantHead}*}`,
     merchantIdOf: (key) => key.startsWith(merchantHead) && key.endsWith('}') ? key.slice(merchantHead.length, -1) : undefined,
     events: `${prefix}events`,
