@@ -16,6 +16,8 @@ import type { Answer } from './targets.js'
 
 const TEMPLATE = join(ROOT, 'bench', 'report-template.md')
 const INSTRUCTIONS_MARKER = '<!-- instruction counts: npm run bench:instructions -->'
+/** What follows this marker (notes kept by hand, the scale benchmark's section) no mode rewrites. */
+const KEPT_MARKER = '<!-- kept: not written by npm run bench -->'
 
 type Values = Record<string, string | boolean>
 
@@ -154,7 +156,10 @@ export function renderSkipped (missing: string[]): string {
 export function writeResults (settings: Settings, report: string): void {
   let previous = ''
   try { previous = readFileSync(settings.results, 'utf8') } catch {}
-  const at = previous.indexOf(INSTRUCTIONS_MARKER)
-  const [timed, counted] = at < 0 ? [previous, ''] : [previous.slice(0, at), previous.slice(at)]
-  writeFileSync(settings.results, settings.instructions ? `${timed}${INSTRUCTIONS_MARKER}\n${report}` : `${report}${counted}`)
+  const keptAt = previous.indexOf(KEPT_MARKER)
+  const kept = keptAt < 0 ? '' : `\n${previous.slice(keptAt)}`
+  const generated = keptAt < 0 ? previous : previous.slice(0, keptAt).replace(/\n+$/, '\n')
+  const at = generated.indexOf(INSTRUCTIONS_MARKER)
+  const [timed, counted] = at < 0 ? [generated, ''] : [generated.slice(0, at), generated.slice(at)]
+  writeFileSync(settings.results, settings.instructions ? `${timed}${INSTRUCTIONS_MARKER}\n${report}${kept}` : `${report}${counted}${kept}`)
 }

@@ -7,18 +7,17 @@ import { mkdirSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import { missingCallgrindTools } from './callgrind.js'
 import { createChildren } from './children.js'
+import { failLine, runGuarded } from './guard.js'
 import { createLoader } from './load.js'
 import { renderInstructions, renderSkipped, renderTimed, writeResults } from './report.js'
 import { BenchError, OUT, readSettings, type Settings } from './settings.js'
 import { checkAudits, setUp } from './targets.js'
 
-const fail = (err: unknown): string => `bench: ${err instanceof BenchError ? err.message : (err as Error).stack ?? String(err)}\n`
-
 let settings: Settings
 try {
   settings = readSettings()
 } catch (err) {
-  process.stderr.write(fail(err))
+  process.stderr.write(failLine('bench', err))
   process.exit(1)
 }
 
@@ -57,26 +56,4 @@ async function cleanup (): Promise<void> {
   for (const close of closers.reverse()) await close().catch(() => {})
 }
 
-// A bounded cleanup on every path: failure, a signal, or the deadline.
-let interrupt: (err: Error) => void = () => {}
-const interrupted = new Promise<never>((_resolve, reject) => { interrupt = reject })
-interrupted.catch(() => {})
-for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => interrupt(new BenchError(`${signal}: stopping`)))
-const deadline = setTimeout(() => interrupt(new BenchError(`the run took longer than ${settings.deadlineMs / 1000} s`)), settings.deadlineMs)
-
-let status = 0
-try {
-  await Promise.race([main(), children.died, interrupted])
-} catch (err) {
-  status = 1
-  process.stderr.write(fail(err))
-} finally {
-  clearTimeout(deadline)
-  const forced = setTimeout(() => {
-    process.stderr.write('bench: cleanup timed out; killing what is left\n')
-    process.exit(1)
-  }, settings.stopGraceMs * 3)
-  await cleanup()
-  clearTimeout(forced)
-}
-process.exit(status)
+await runGuarded(main, { name: 'bench', deadlineMs: settings.deadlineMs, cleanupMs: settings.stopGraceMs * 3, died: children.died, cleanup })

@@ -90,7 +90,9 @@ export async function setUp (settings: Settings, children: Children, onClose: (c
   const state = new URL(location).searchParams.get('state')
   if (state === null) throw new BenchError('the authorize URL carries no state')
   const code = sim.control.issueCode(MERCHANT)
-  const callback = await get(`${brokerBase}/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`)
+  // The browser brings back the cookie that binds the state to it.
+  const cookie = [connect.headers['set-cookie'] ?? []].flat().map(c => String(c).split(';')[0]).join('; ')
+  const callback = await get(`${brokerBase}/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`, { cookie })
   if (callback.status !== 200) throw new BenchError(`GET /oauth/callback answered ${callback.status}`)
 
   const lookup = await get(`${brokerBase}${LOOKUP_PATH}`, { authorization })

@@ -1,8 +1,8 @@
 // Decorates `audit`: the audit trail of the internal API (who called what for which merchant,
 // with the outcome; never a token). Successful access-token lookups are summarized per caller and
 // merchant every AUDIT_SUMMARY_SECONDS (0: a line each); every other call gets a line of its own.
-// Owns the summary timer: flushed when shutdown starts and once more at close, for the lookups
-// that were still in flight. Needs `config`.
+// Owns the summary timer: flushed (in chunks, never stalling requests) when shutdown starts and
+// once more at close, for the lookups that were still in flight. Needs `config`.
 import { performance } from 'node:perf_hooks'
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
@@ -39,13 +39,13 @@ export default fp(async (app) => {
     return
   }
   const summary = createLookupAudit({ log: app.log, now: app.now })
-  const timer = setInterval(summary.flush, seconds * 1000)
+  const flush = (): void => { summary.flush().catch((err: unknown) => { app.log.error({ err }, 'writing lookup summaries failed') }) }
+  const timer = setInterval(flush, seconds * 1000)
   timer.unref()
-  app.addHook('preClose', (done) => { summary.flush(); done() })
-  app.addHook('onClose', (_app, done) => {
+  app.addHook('preClose', async () => { await summary.flush() })
+  app.addHook('onClose', async () => {
     clearInterval(timer)
-    summary.flush()
-    done()
+    await summary.flush()
   })
   app.decorate('audit', {
     call,

@@ -5,7 +5,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { errorBody } from '../src/errors.js'
 
 export const DOMAIN_CODES = new Set([
-  'invalid_request', 'unauthorized', 'merchant_not_found', 'reauthorization_required',
+  'invalid_request', 'unauthorized', 'merchant_not_found', 'onboarding_not_found', 'reauthorization_required',
   'rate_limited', 'upstream_unavailable', 'storage_unavailable', 'encryption_key_unavailable'
 ])
 

@@ -27,6 +27,17 @@ export interface Metrics {
   /** Onboardings refused because a client, or all clients together, hold too many states. */
   statesRefused: Counter<'scope'>
   onboardingLinks: Counter<'event'>
+  /** Merchants whose access token this replica keeps in memory (read on scrape). */
+  tokenCacheEntries: Gauge
+  /** Lifecycle events appended to the log, by type; and those lost (outbox full or shut down while Redis was away). */
+  events: Counter<'type'>
+  eventsDropped: Counter
+  /** Webhook attempts by outcome (success, http_error, timeout, network_error), deliveries by outcome (delivered, dead). */
+  webhookAttempts: Counter<'outcome'>
+  webhookDeliveries: Counter<'outcome'>
+  /** Deliveries waiting (pending) and given up (dead), read on scrape from webhookBacklogSource (set by plugins/events.ts). */
+  webhookBacklog: Gauge<'state'>
+  webhookBacklogSource?: () => Promise<Record<string, number>>
 }
 
 declare module 'fastify' {
@@ -43,7 +54,8 @@ export default fp(async (app) => {
   const registers = [registry]
   const latency = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
-  // Counting merchants needs a SCAN of the key space: done at most every 30 s, on scrape.
+  // Merchant counts are read from the counters the store keeps (src/merchant-counts.ts), at most
+  // every 30 s, on scrape.
   let counted: { at: number, counts: Record<string, number> } | undefined
   let counting: Promise<Record<string, number>> | undefined
   const uncountedLookups = new Map<string, number>()
@@ -70,15 +82,35 @@ export default fp(async (app) => {
     bindingDisabled: new Gauge({ name: 'cybs_onboarding_browser_binding_disabled', help: '1 when ONBOARDING_BROWSER_BINDING=off', registers }),
     statesRefused: new Counter({ name: 'cybs_onboarding_states_refused_total', help: 'Onboardings refused by the cap on outstanding states, per client or in total', labelNames: ['scope'], registers }),
     onboardingLinks: new Counter({ name: 'cybs_onboarding_links_total', help: 'Onboarding links created, visited, connected and failed', labelNames: ['event'], registers }),
+    tokenCacheEntries: new Gauge({
+      name: 'cybs_token_cache_entries',
+      help: 'Merchants whose access token this replica keeps in memory (TOKEN_CACHE_MAX_ENTRIES at most)',
+      registers,
+      collect () { if (app.hasDecorator('tokenService')) this.set(app.tokenService.cacheSize()) }
+    }),
+    events: new Counter({ name: 'cybs_events_total', help: 'Lifecycle events appended to the event log, by type', labelNames: ['type'], registers }),
+    eventsDropped: new Counter({ name: 'cybs_events_dropped_total', help: 'Lifecycle events lost before reaching the event log (outbox full or shut down while Redis was away)', registers }),
+    webhookAttempts: new Counter({ name: 'cybs_webhook_attempts_total', help: 'Webhook POSTs by outcome', labelNames: ['outcome'], registers }),
+    webhookDeliveries: new Counter({ name: 'cybs_webhook_deliveries_total', help: 'Webhook deliveries ended: delivered, or dead after retrying for 24 h', labelNames: ['outcome'], registers }),
+    webhookBacklog: new Gauge({
+      name: 'cybs_webhook_backlog',
+      help: 'Webhook deliveries waiting (pending) and given up (dead), across replicas',
+      labelNames: ['state'],
+      registers,
+      async collect () {
+        const counts = await metrics.webhookBacklogSource?.().catch(() => undefined)
+        if (counts !== undefined) for (const [state, n] of Object.entries(counts)) this.set({ state }, n)
+      }
+    }),
     upstreamDuration: new Histogram({ name: 'cybs_upstream_request_duration_seconds', help: 'CyberSource token requests by grant type and outcome', labelNames: ['grant_type', 'outcome'], buckets: latency, registers }),
     merchants: new Gauge({
       name: 'cybs_merchants',
-      help: 'Stored merchants by status (refreshed at most every 30 s)',
+      help: 'Stored merchants by the status last written (refreshed at most every 30 s)',
       labelNames: ['status'],
       registers,
       async collect () {
         if (counted === undefined || app.now() - counted.at > MERCHANT_GAUGE_TTL_MS) {
-          // Concurrent scrapes share one scan.
+          // Concurrent scrapes share one read.
           counting ??= app.tokenStore.countByStatus().finally(() => { counting = undefined })
           try {
             counted = { at: app.now(), counts: await counting }

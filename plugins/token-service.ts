@@ -1,4 +1,5 @@
-// Decorates `tokenService` (fresh access tokens, single-flight refresh across replicas).
+// Decorates `tokenService` (fresh access tokens, single-flight refresh across replicas, an access
+// token cache bounded by TOKEN_CACHE_MAX_ENTRIES).
 // Needs the stores, the token client and Redis; owns a subscriber connection. On close it
 // waits for refreshes under way so that tokens CyberSource already issued get stored.
 import fp from 'fastify-plugin'
@@ -23,6 +24,8 @@ export default fp(async (app) => {
     log: app.log.child({ component: 'token-service' }),
     now: app.now,
     answerWithinMs: app.config.cybs.timeoutMs + 2000,
+    maxEntries: app.config.tokenCache.maxEntries,
+    lifecycle: app.events,
     events: {
       refresh: (outcome, seconds) => {
         app.metrics.refreshes.inc({ outcome })
@@ -38,4 +41,4 @@ export default fp(async (app) => {
   // Started without waiting: a Redis that is down at boot must not block the service.
   service.start().catch((err: unknown) => app.log.warn({ err }, 'token change subscription failed; relying on polling'))
   app.addHook('preClose', async () => { await service.close() })
-}, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource', 'metrics'] })
+}, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource', 'metrics', 'events'] })

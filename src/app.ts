@@ -2,27 +2,31 @@
 // the dev runner and the tests all build the server here and register the plugin on it.
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
+import type { Server } from 'node:http'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import type { DestinationStream } from 'pino'
 import helmet from '@fastify/helmet'
 import swagger from '@fastify/swagger'
 import type { Config } from './config.js'
 import { UriTooLongError, errorBody } from './errors.js'
 import { answerExpectationFailed, clientErrorHandler } from './client-errors.js'
+import { ListenerPair, serves } from './listeners.js'
 import { createLogger, RequestLogger } from './logger.js'
 import configPlugin from '../plugins/config.js'
 import errorsPlugin from '../plugins/errors.js'
 import metricsPlugin from '../plugins/metrics.js'
 import redisPlugin from '../plugins/redis.js'
+import eventsPlugin from '../plugins/events.js'
 import rateLimitPlugin from '../plugins/rate-limit.js'
 import auditPlugin from '../plugins/audit.js'
 import cybersourcePlugin from '../plugins/cybersource.js'
 import storesPlugin from '../plugins/stores.js'
 import onboardingPlugin from '../plugins/onboarding.js'
 import tokenServicePlugin from '../plugins/token-service.js'
+import keepAlivePlugin from '../plugins/keep-alive.js'
 import healthRoutes from '../routes/health/index.js'
 import oauthRoutes from '../routes/oauth/index.js'
-import { failurePage, pageHeaders } from './pages.js'
+import { failurePage, pageHeaders, shortReference } from './pages.js'
 import { validatorCompiler } from './validation.js'
 import internalRoutes from '../routes/internal/index.js'
 import metricsRoutes from '../routes/metrics/index.js'
@@ -65,6 +69,18 @@ declare module 'fastify' {
  */
 export function createServer (config: Config, opts: { pretty?: boolean, logStream?: DestinationStream } = {}): FastifyInstance {
   const log = createLogger(config.logLevel, { pretty: opts.pretty, stream: opts.logStream }) as FastifyBaseLogger
+  const internal = config.internalListener
+  let pair: ListenerPair | undefined
+  // INTERNAL_PORT: the second listener beside Fastify's server, built from the same options
+  // (src/listeners.ts). Without it, neither option is set: one server, nothing on the hot path.
+  const listeners: Pick<FastifyServerOptions<Server>, 'serverFactory' | 'rewriteUrl'> = internal === undefined
+    ? {}
+    : {
+        serverFactory: (handler, options) => (pair = new ListenerPair(handler, options, internal, url => {
+          log.info(`Internal listener at ${url} (internal API, /metrics, /docs)`)
+        })),
+        rewriteUrl: (req) => pair?.rewrite(req) ?? req.url ?? '/'
+      }
   const server = Fastify({
     // One audit line per internal call is written by the routes; the default two lines per
     // request are off (they would also log the callback's query string).
@@ -95,15 +111,25 @@ export function createServer (config: Config, opts: { pretty?: boolean, logStrea
         return answerHeaders((reply as FastifyReply).code(400), request.id).send(errorBody('invalid_request', 'The request URL is malformed', request.id))
       }
       // A page shows its id: the service's own, as on every browser route.
-      const id = randomUUID()
-      return pageHeaders(answerHeaders((reply as FastifyReply).code(400), id)).type('text/html; charset=utf-8').send(failurePage('invalid_request', id))
-    }
+      const id = shortReference()
+      return pageHeaders(answerHeaders((reply as FastifyReply).code(400), id)).type('text/html; charset=utf-8').send(failurePage('invalid_request', id, config.pages))
+    },
+    ...listeners
   })
   server.setValidatorCompiler(validatorCompiler)
   // An Expect header other than 100-continue: Node answers 417 itself, bare; in the error shape here.
   server.server.on('checkExpectation', answerExpectationFailed)
+  if (pair !== undefined) {
+    // Fastify gives its own server these; the internal listener gets the same.
+    pair.internal.on('checkExpectation', answerExpectationFailed).on('clientError', clientErrorHandler)
+  }
   server.log = log
   return server
+}
+
+/** The internal listener's server (INTERNAL_PORT), for printing its address; undefined without one. */
+export function internalServer (server: FastifyInstance): ListenerPair['internal'] | undefined {
+  return server.server instanceof ListenerPair ? server.server.internal : undefined
 }
 
 export default async function app (fastify: FastifyInstance, opts: AppOptions): Promise<void> {
@@ -119,6 +145,19 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
     reply.log = log
     done(request.url.length > MAX_URL_LENGTH ? new UriTooLongError() : undefined)
   })
+  const pair = fastify.server instanceof ListenerPair ? fastify.server : undefined
+  if (opts.config.internalListener !== undefined && pair === undefined) {
+    throw new Error('INTERNAL_PORT needs the server that createServer builds')
+  }
+  if (pair !== undefined) {
+    // The guarantee behind the router's rewrite (ListenerPair.rewrite), on the route that matched:
+    // whatever the URL's form, no route is reached through a listener that does not serve it.
+    fastify.addHook('onRequest', (request, reply, done) => {
+      const route = request.routeOptions.url
+      if (route === undefined || serves(pair.isInternal(request.raw.socket), route.split('/')[1] ?? '')) done()
+      else reply.callNotFound()
+    })
+  }
   // Every answer (errors included) gets answerHeaders as it is sent.
   fastify.addHook('onSend', (request, reply, payload, done) => {
     answerHeaders(reply, request.id)
@@ -126,10 +165,12 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
   })
   await fastify.register(metricsPlugin)
   await fastify.register(redisPlugin)
+  await fastify.register(eventsPlugin)
   await fastify.register(cybersourcePlugin)
   await fastify.register(storesPlugin)
   await fastify.register(onboardingPlugin)
   await fastify.register(tokenServicePlugin)
+  await fastify.register(keepAlivePlugin)
   await fastify.register(auditPlugin)
   if (opts.config.internalApiDocs) {
     // Only tagged routes (the internal API) are documented.

@@ -26,7 +26,8 @@ export interface TlsMaterial { cert?: string, key?: string, passphrase?: string,
 
 export type CybsEnvironment = 'test' | 'production' | 'simulator'
 
-const KID_PATTERN = /^[A-Za-z0-9_.-]{1,32}$/
+/** No '.': it separates the parts of a sealed value and of an encryption envelope. */
+export const KID_PATTERN = /^[A-Za-z0-9_-]{1,32}$/
 const CALLER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/
 const MIN_SECRET_LENGTH = 32
 
@@ -67,6 +68,21 @@ export function parseTrustProxy (problems: Problems, value: string): false | num
   })
   if (bad.length > 0) problems.push(`TRUST_PROXY: must be false, true, a hop count (0-99) or a comma list of IP addresses/CIDRs (${bad.length} invalid)`)
   return entries
+}
+
+/** WEBHOOK_URL and WEBHOOK_SECRET: both or neither; each secret `whsec_` + base64 of 24–64 bytes. */
+export function parseWebhook (problems: Problems, url: string | undefined, secret: string | undefined): { url: string, secrets: Buffer[] } | undefined {
+  if (url === undefined && secret === undefined) return undefined
+  if (url === undefined || secret === undefined) {
+    problems.push(url === undefined ? 'WEBHOOK_URL: is required when WEBHOOK_SECRET is set' : 'WEBHOOK_SECRET: is required when WEBHOOK_URL is set')
+    return undefined
+  }
+  const parsed = parseUrl(problems, 'WEBHOOK_URL', url, ['http:', 'https:'])
+  const secrets = secret.split(',').map(s => s.trim())
+  const keys = secrets.map(s => /^whsec_[A-Za-z0-9+/]+={0,2}$/.test(s) ? Buffer.from(s.slice('whsec_'.length), 'base64') : undefined)
+  const bad = keys.filter(k => k === undefined || k.length < 24 || k.length > 64).length
+  if (bad > 0) problems.push(`WEBHOOK_SECRET: each secret must be whsec_ followed by the base64 of 24 to 64 random bytes (${bad} invalid)`)
+  return { url: parsed, secrets: keys.flatMap(k => k === undefined ? [] : [k]) }
 }
 
 function parseHostPorts (problems: Problems, name: string, value: string): HostPort[] {

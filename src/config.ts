@@ -3,7 +3,7 @@
 import envSchema from 'env-schema'
 import { Type, type Static } from '@sinclair/typebox'
 import {
-  parseEncryptionKeys, parseInternalApiKeys, parseRedis, parseTrustProxy, parseUrl, readTls,
+  parseEncryptionKeys, parseInternalApiKeys, parseRedis, parseTrustProxy, parseUrl, parseWebhook, readTls,
   type EncryptionKey, type InternalApiKey, type Problems, type RedisConfig, type TlsMaterial
 } from './config-parsers.js'
 import { resolveSecretFiles } from './config-secret-files.js'
@@ -60,7 +60,11 @@ export const EnvSchema = Type.Object({
   PARTNER_PORTAL_URL: Type.Optional(Str()),
   STATE_MAX_PER_CLIENT: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 300 }),
   STATE_MAX_TOTAL: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 100_000 }),
-  TOKEN_CACHE_MAX_ENTRIES: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 50_000 })
+  REFRESH_TOKEN_RENEW_BEFORE_SECONDS: Type.Integer({ minimum: 1, maximum: 31_536_000, default: 2_592_000 }),
+  KEEPALIVE_INTERVAL_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 5000 }),
+  WEBHOOK_URL: Type.Optional(Str()),
+  WEBHOOK_SECRET: Type.Optional(Str({ maxLength: 4096 })),
+  TOKEN_CACHE_MAX_ENTRIES: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 10_000 })
 })
 export type Env = Static<typeof EnvSchema>
 
@@ -75,7 +79,8 @@ export const SECRET_VARIABLES = [
   'INTERNAL_API_KEYS',
   'REDIS_URL',
   'REDIS_PASSWORD',
-  'REDIS_SENTINEL_PASSWORD'
+  'REDIS_SENTINEL_PASSWORD',
+  'WEBHOOK_SECRET'
 ] as const satisfies ReadonlyArray<keyof Env>
 
 export interface Config {
@@ -112,6 +117,9 @@ export interface Config {
   pages: { partnerName?: string, portalUrl?: string }
   stateLimits: { perClient: number, total: number }
   tokenCache: { maxEntries: number }
+  keepAlive: { renewBeforeSeconds: number, intervalMs: number }
+  /** Lifecycle events are POSTed here, signed with every secret (WEBHOOK_URL, WEBHOOK_SECRET). */
+  webhook?: { url: string, secrets: Buffer[] }
 }
 
 export const CYBS_URLS = {
@@ -167,6 +175,7 @@ function checkStructured (problems: Problems, raw: Record<string, string | undef
   const get = (name: string): string | undefined => flagged.has(name) ? undefined : raw[name]
   const base = get('PUBLIC_BASE_URL')
   if (base !== undefined) parseUrl(problems, 'PUBLIC_BASE_URL', base, ['http:', 'https:'], true)
+  if (usable('WEBHOOK_URL', 'WEBHOOK_SECRET')) parseWebhook(problems, raw.WEBHOOK_URL, raw.WEBHOOK_SECRET)
   const trust = get('TRUST_PROXY')
   if (trust !== undefined) parseTrustProxy(problems, trust)
   const redisVars = ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES', 'REDIS_USERNAME', 'REDIS_PASSWORD',
@@ -217,6 +226,7 @@ export function loadConfig (rawEnv: Record<string, string | undefined>): Config 
   const tls = readTls(problems, e)
   const trustProxy = parseTrustProxy(problems, e.TRUST_PROXY)
   const portalUrl = e.PARTNER_PORTAL_URL === undefined ? undefined : parseUrl(problems, 'PARTNER_PORTAL_URL', e.PARTNER_PORTAL_URL, ['http:', 'https:'])
+  const webhook = parseWebhook(problems, e.WEBHOOK_URL, e.WEBHOOK_SECRET)
   if (e.INTERNAL_PORT !== undefined && e.INTERNAL_PORT !== 0 && e.INTERNAL_PORT === e.PORT) problems.push('INTERNAL_PORT: must differ from PORT')
 
   if (problems.length > 0) throw new ConfigError(problems)
@@ -250,7 +260,9 @@ export function loadConfig (rawEnv: Record<string, string | undefined>): Config 
     browserBinding: e.ONBOARDING_BROWSER_BINDING,
     pages: { partnerName: e.PARTNER_NAME, portalUrl },
     stateLimits: { perClient: e.STATE_MAX_PER_CLIENT, total: e.STATE_MAX_TOTAL },
-    tokenCache: { maxEntries: e.TOKEN_CACHE_MAX_ENTRIES }
+    tokenCache: { maxEntries: e.TOKEN_CACHE_MAX_ENTRIES },
+    keepAlive: { renewBeforeSeconds: e.REFRESH_TOKEN_RENEW_BEFORE_SECONDS, intervalMs: e.KEEPALIVE_INTERVAL_MS },
+    ...(webhook === undefined ? {} : { webhook })
   }
 }
 

@@ -6,12 +6,14 @@ import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import { Redis, ReplyError } from 'ioredis'
-import { ConfigError, loadConfig, type Config } from './config.js'
-import app, { createServer } from './app.js'
+import { ConfigError, loadConfig, type Config, type HostPort } from './config.js'
+import app, { createServer, internalServer } from './app.js'
 import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator } from './simulator/app.js'
+import { SimulatorArgsError, parseSimulatorArgs } from './simulator/cli.js'
 import { isPortOpen } from './net-utils.js'
 import { RedisServerError, startRedisServer, type RedisServer } from './redis-server.js'
 
@@ -144,14 +146,16 @@ async function ensureRedis (env: NodeJS.ProcessEnv, dataDir: string): Promise<{ 
 
 // --- Main --------------------------------------------------------------------------------
 
-async function listen (what: string, instance: FastifyInstance, host: string, port: number, variable: string): Promise<void> {
+async function listen (what: string, instance: FastifyInstance, host: string, port: number, variable: string, internal?: HostPort): Promise<void> {
   try {
     await instance.listen({ host, port })
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
+    const { code, port: failed } = err as NodeJS.ErrnoException & { port?: number }
+    // With INTERNAL_PORT the service binds two ports (src/listeners.ts): the error names the one.
+    const [h, p, v] = internal !== undefined && failed === internal.port ? [internal.host, internal.port, 'INTERNAL_PORT'] : [host, port, variable]
     throw new DevError(code === 'EADDRINUSE'
-      ? `${what}: ${host}:${port} is already in use (another npm run dev?); set ${variable} to another port`
-      : `${what}: cannot listen on ${host}:${port} (${code ?? String(err)})`)
+      ? `${what}: ${h}:${p} is already in use (another npm run dev?); set ${v} to another port`
+      : `${what}: cannot listen on ${h}:${p} (${code ?? String(err)})`)
   }
 }
 
@@ -212,12 +216,24 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
     throw new DevError(err.problems.map(p => `configuration error: ${p}`).join('\n'))
   }
 
+  // The simulator's SIMULATOR_* switches apply here too (docs/simulator.md); its refresh tokens
+  // are kept in .data/ so that tokens stored by an earlier run still refresh.
+  let simArgs
+  try {
+    simArgs = parseSimulatorArgs([], env)
+  } catch (err) {
+    if (!(err instanceof SimulatorArgsError)) throw err
+    throw new DevError(err.problems.map(p => `simulator: ${p}`).join('\n'))
+  }
+  const simSettings = simArgs.help ? {} : simArgs.options
   const sim = buildSimulator({
+    partnerName: 'Demo Partner (npm run dev)',
+    defaultMerchantId: DEMO_MERCHANT,
+    stateFile: join(dataDir, 'simulator-state.json'),
+    ...simSettings,
     clientId: config.cybs.clientId,
     clientSecret: config.cybs.clientSecret,
-    redirectUrl: config.cybs.redirectUrl,
-    partnerName: 'Demo Partner (npm run dev)',
-    defaultMerchantId: DEMO_MERCHANT
+    redirectUrl: config.cybs.redirectUrl
   })
   closers.push(async () => { await sim.app.close() })
   await listen('simulator', sim.app, simHost, simPort, 'SIMULATOR_PORT')
@@ -225,9 +241,13 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
   const server = createServer(config, { pretty: process.stdout.isTTY })
   closers.push(async () => { await server.close() })
   await server.register(app, { config })
-  await listen('service', server, config.host, config.port, 'PORT')
+  await listen('service', server, config.host, config.port, 'PORT', config.internalListener)
 
   const base = config.publicBaseUrl
+  // With INTERNAL_PORT, the internal API answers on that port only.
+  const internal = internalServer(server)?.address() as AddressInfo | null | undefined
+  const apiHost = internal == null || internal.address === '0.0.0.0' || internal.address === '::' ? '127.0.0.1' : internal.address
+  const apiBase = internal == null ? base : `http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${internal.port}`
   const apiKey = config.internalApiKeys[0]
   const shownKey = generated.includes('INTERNAL_API_KEYS') ? apiKey.secret : '<your secret from INTERNAL_API_KEYS>'
   process.stdout.write([
@@ -236,6 +256,7 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
     `  Redis:      ${redis.note}`,
     `  Simulator:  ${simBase}${AUTHORIZE_PATH} (CyberSource simulator, in-process)`,
     `  Service:    ${base}`,
+    ...(apiBase === base ? [] : [`  Internal:   ${apiBase} (internal API, /metrics, /docs)`]),
     '',
     'Start a demo onboarding in your browser (the simulator suggests the merchant id demo_merchant):',
     `  ${base}/oauth/connect`,
@@ -244,7 +265,7 @@ async function main (closers: Array<() => Promise<void>>): Promise<void> {
     `  ${shownKey}`,
     '',
     'Then fetch the merchant\'s access token:',
-    `  curl -s -H 'Authorization: Bearer ${shownKey}' ${base}/internal/v1/merchants/${DEMO_MERCHANT}/access-token`,
+    `  curl -s -H 'Authorization: Bearer ${shownKey}' ${apiBase}/internal/v1/merchants/${DEMO_MERCHANT}/access-token`,
     '',
     'Ctrl-C stops the service, the simulator and the Redis it started.',
     '',

@@ -1,8 +1,14 @@
-// The token service's reads of a merchant's record, each remembered in the token cache: a shared
-// load (one Redis read per merchant at a time in this process), and fresh reads that throw for a
-// merchant that is gone (404) or must connect again (409).
-import type { MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
+// The token service's reads of merchants' records: a shared load (one Redis read per merchant at a
+// time in this process), fresh reads that throw for a merchant that is gone (404) or must connect
+// again (409), each remembered in the token cache; and the versions and grants the cache is
+// revalidated against (pipelined HMGET, no decryption).
+import { Cluster } from 'ioredis'
+import type { Expected, MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
 import type { TokenCache } from './token-cache.js'
+import type { ReadVersions } from './cache-revalidation.js'
+import type { RedisClient } from './redis-client.js'
+import type { RedisKeys } from './redis-keys.js'
+import { storageCall } from './storage-errors.js'
 import { effectiveStatus, isServable } from './refresh-policy.js'
 import { MerchantNotFoundError, ReauthorizationRequiredError } from './errors.js'
 
@@ -20,19 +26,45 @@ export interface RecordReads {
   servable: (merchantId: string, anyValidity: boolean) => Promise<MerchantRecord | undefined>
 }
 
+const toExpected = (reply: Array<string | null>): Expected | undefined =>
+  reply[0] === null ? undefined : { version: Number(reply[0]), grant: reply[1] ?? '' }
+
+/** The version and grant of each merchant's record (undefined: none), in one round trip per node. */
+export function createVersionReads (redis: RedisClient, keys: RedisKeys): ReadVersions {
+  const args = (id: string): [string, string, string] => [keys.merchant(id), 'version', 'grant']
+  return async (merchantIds) => await storageCall(async () => {
+    // A Cluster pipeline must stay within one slot: there, one command per merchant.
+    if (redis instanceof Cluster) return await Promise.all(merchantIds.map(async id => toExpected(await redis.hmget(...args(id)))))
+    const replies = await redis.pipeline(merchantIds.map(id => ['hmget', ...args(id)])).exec()
+    if (replies === null) throw new Error('the pipeline was discarded')
+    return replies.map(([err, reply]) => {
+      if (err !== null) throw err
+      return toExpected(reply as Array<string | null>)
+    })
+  })
+}
+
 export function createRecordReads (store: TokenStore, cache: TokenCache, now: () => number): RecordReads {
   const loading = new Map<string, Promise<MerchantRecord | undefined>>()
   const isConnected = (r: MerchantMeta): boolean => effectiveStatus(r, now()).status === 'connected'
 
   async function readConnected (merchantId: string): Promise<MerchantRecord> {
+    const ticket = cache.ticket()
     const fresh = await store.get(merchantId)
     if (fresh === undefined) {
       cache.forget(merchantId)
       throw new MerchantNotFoundError()
     }
-    cache.remember(fresh)
+    cache.remember(fresh, ticket)
     if (!isConnected(fresh)) throw new ReauthorizationRequiredError()
     return fresh
+  }
+
+  async function read (merchantId: string): Promise<MerchantRecord | undefined> {
+    const ticket = cache.ticket()
+    const r = await store.get(merchantId)
+    if (r !== undefined) cache.remember(r, ticket)
+    return r
   }
 
   return {
@@ -40,7 +72,7 @@ export function createRecordReads (store: TokenStore, cache: TokenCache, now: ()
     async load (merchantId) {
       let p = loading.get(merchantId)
       if (p === undefined) {
-        p = store.get(merchantId).then(r => r === undefined ? undefined : cache.remember(r)).finally(() => loading.delete(merchantId))
+        p = read(merchantId).finally(() => loading.delete(merchantId))
         loading.set(merchantId, p)
       }
       return await p

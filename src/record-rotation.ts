@@ -1,9 +1,11 @@
-// One merchant record moved to the first encryption key, as `npm run rotate-keys` does it
-// (src/key-rotation.ts walks the key space): under the merchant's refresh lock, checked again
-// under it, and written back compare-and-set, so it never races a refresh nor overwrites a newer
-// record. Outcomes name a reason and at most a key id or an error name, never a secret.
+// One merchant record moved to the first encryption key and the binary layout (src/record-codec.ts),
+// as `npm run rotate-keys` does it (src/key-rotation.ts walks the key space): under the merchant's
+// refresh lock, checked again under it, and written back compare-and-set, so it never races a
+// refresh nor overwrites a newer record. Outcomes name a reason and at most a key id or an error name, never a secret.
+import { KID_PATTERN } from './config-parsers.js'
 import type { KeyRing } from './key-ring.js'
 import { KeyRingError } from './key-ring.js'
+import { KID_PREFIX_BYTES, LEGACY_FIELDS, isStaleKid, kidOf } from './record-codec.js'
 import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import type { TokenStore } from './token-store.js'
@@ -18,24 +20,40 @@ export type Outcome =
   | { kind: 'retry', reason: Retryable }
   | { kind: 'failed', reason: FailureReason, detail?: string }
 
-const kidOf = (blob: string): string => blob.split('.', 2)[1] ?? ''
-
 export function createRecordRotation (deps: { redis: RedisClient, keys: RedisKeys, keyRing: KeyRing, store: TokenStore, lock: RefreshLock }): (merchantId: string, dryRun: boolean) => Promise<Outcome> {
   const { redis, keys, keyRing, store, lock } = deps
 
-  /** The record's key ids as stored, without decrypting. */
-  async function inspect (merchantId: string): Promise<{ kind: 'current' | 'stale' | 'gone' } | { kind: 'failed', reason: 'unreadable' }> {
-    const [version, access, refresh] = await storageCall(async () => await redis.hmget(keys.merchant(merchantId), 'version', 'access_token_enc', 'refresh_token_enc'))
-    if (version === null) return { kind: 'gone' }
-    if (access === null || refresh === null) return { kind: 'failed', reason: 'unreadable' }
-    return { kind: keyRing.isStale(access) || keyRing.isStale(refresh) ? 'stale' : 'current' }
+  /** The record's key ids as stored (the old layout's text envelopes, or the tokens key's header). */
+  async function kids (merchantId: string): Promise<{ version: string | null, kids: string[] | undefined, legacy: boolean }> {
+    const [[version, access, refresh], head] = await storageCall(async () => await Promise.all([
+      redis.hmget(keys.merchant(merchantId), 'version', ...LEGACY_FIELDS),
+      redis.getrangeBuffer(keys.merchantTokens(merchantId), 0, KID_PREFIX_BYTES - 1)
+    ]))
+    if (head.length > 0) return { version, kids: [kidOf(head)], legacy: false }
+    if (access !== null && refresh !== null) return { version, kids: [access, refresh].map(b => b.split('.', 2)[1] ?? ''), legacy: true }
+    return { version, kids: undefined, legacy: false }
   }
 
-  /** The key ids of the record's fields that are not the first key (for a failure's detail). */
+  /** Whether the record is under the first key in the binary layout, without decrypting. */
+  async function inspect (merchantId: string): Promise<{ kind: 'current' | 'stale' | 'gone' } | { kind: 'failed', reason: 'unreadable' }> {
+    let seen
+    try {
+      seen = await kids(merchantId)
+    } catch (err) {
+      if (err instanceof KeyRingError) return { kind: 'failed', reason: 'unreadable' }
+      throw err
+    }
+    if (seen.version === null) return { kind: 'gone' }
+    if (seen.kids === undefined) return { kind: 'failed', reason: 'unreadable' }
+    // A record of the old layout is rewritten whatever its key: the rewrite is its migration.
+    return { kind: seen.legacy || seen.kids.some(k => isStaleKid(keyRing, k)) ? 'stale' : 'current' }
+  }
+
+  /** The key ids of the record that are not the first key (for a failure's detail). */
   async function oldKids (merchantId: string): Promise<string> {
-    const blobs: Array<string | null> = await redis.hmget(keys.merchant(merchantId), 'access_token_enc', 'refresh_token_enc').catch(() => [])
-    const kids = new Set(blobs.filter((b): b is string => b !== null && keyRing.isStale(b)).map(kidOf))
-    return [...kids].map(k => /^[A-Za-z0-9_.-]{1,32}$/.test(k) ? k : '(malformed)').join(',')
+    const found = (await kids(merchantId).catch(() => undefined))?.kids ?? []
+    const stale = new Set(found.filter(k => isStaleKid(keyRing, k)))
+    return [...stale].map(k => KID_PATTERN.test(k) ? k : '(malformed)').join(',')
   }
 
   async function rotateOne (merchantId: string, dryRun: boolean): Promise<Outcome> {

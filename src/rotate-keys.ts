@@ -6,6 +6,7 @@
 // 2 records are left (listed); 3 stopped by --max-pages; 130 interrupted. 3 and 130 print the
 // cursor to resume from.
 import { parseArgs } from 'node:util'
+import { cliOutput, type CliOutput } from './cli-output.js'
 import { ID_PATTERN, loadConfigOrExit } from './config.js'
 import { createRedisClient, waitReady } from './redis-client.js'
 import { createRedisKeys } from './redis-keys.js'
@@ -20,14 +21,10 @@ const USAGE = `usage: npm run rotate-keys [-- [--dry-run] [--cursor <node:cursor
   --cursor <c>       resume the first pass where an earlier run stopped (it prints the cursor)
   --max-pages <n>    stop after n pages of ${PAGE_SIZE} keys (prints the cursor to resume from)`
 
-const err = (line: string): void => { process.stderr.write(`rotate-keys: ${line}\n`) }
-const out = (line = ''): void => { process.stdout.write(`${line}\n`) }
-
-function usageError (line: string): never {
-  err(line)
-  process.stderr.write(`${USAGE}\n`)
-  process.exit(1)
-}
+const cli = cliOutput('rotate-keys', USAGE)
+const { err, out } = cli
+// Annotated, so that TypeScript knows it does not return.
+const usageError: CliOutput['usageError'] = cli.usageError
 
 let args
 try {

@@ -14,4 +14,6 @@ closeWithGrace({ delay: config.shutdownGraceMs }, async ({ signal, err }) => {
   await server.close()
 })
 
+// Binds INTERNAL_PORT too when set, and fails if either port cannot be bound; server.close()
+// above drains both (src/listeners.ts). Each listener logs its address.
 await server.listen({ host: config.host, port: config.port })

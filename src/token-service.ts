@@ -1,9 +1,11 @@
 // Fresh access tokens: the one caller of refresh. It composes the refresh policy (when a token is
-// due, what a failure means: src/refresh-policy.ts), the token cache (src/token-cache.ts) and the
-// refresh lock across replicas (src/refresh-lock.ts), with single flight in this process: one
-// load and one refresh promise per merchant. A lookup waits for a refresh only when its token has
-// less than MIN_VALIDITY_MS left; ahead of that, the refresh runs in the background.
+// due, what a failure means: src/refresh-policy.ts), the token cache (src/token-cache.ts: access
+// tokens only; records, refresh tokens included, are read from Redis when a refresh needs them)
+// and the refresh lock across replicas (src/refresh-lock.ts), with single flight in this process:
+// one load and one refresh promise per merchant. A lookup waits for a refresh only when its token
+// has less than MIN_VALIDITY_MS left; ahead of that, the refresh runs in the background.
 import type { Logger } from 'pino'
+import type { EventSink } from './event-log.js'
 import type { Expected, MerchantMeta, MerchantRecord, TokenStore } from './token-store.js'
 import type { TokenClient } from './cybersource/token-client.js'
 import { CybsError, isCybsError } from './cybersource/errors.js'
@@ -11,10 +13,10 @@ import { retryStorage } from './storage-errors.js'
 import type { RedisClient } from './redis-client.js'
 import type { RedisKeys } from './redis-keys.js'
 import { MerchantNotFoundError, ReauthorizationRequiredError, StorageUnavailableError, UpstreamUnavailableError } from './errors.js'
-import { FAILURE_HOLD_MS, classifyRefreshError, effectiveStatus, isServable, refreshAt, type RefreshOutcome } from './refresh-policy.js'
+import { FAILURE_HOLD_MS, MIN_VALIDITY_MS, classifyRefreshError, effectiveStatus, isServable, refreshAt, type RefreshOutcome } from './refresh-policy.js'
 import { createTokenCache, type AccessToken } from './token-cache.js'
 import { createRefreshLock, type LockHandle } from './refresh-lock.js'
-import { createRecordReads } from './record-reads.js'
+import { createRecordReads, createVersionReads } from './record-reads.js'
 
 export type { AccessToken } from './token-cache.js'
 export type { RefreshOutcome } from './refresh-policy.js'
@@ -38,6 +40,8 @@ export interface TokenService {
   delete: (merchantId: string) => Promise<void>
   /** Subscribes to record changes of other replicas (cache invalidation, lock waits). */
   start: () => Promise<void>
+  /** Merchants whose access token is cached (for metrics). */
+  cacheSize: () => number
   /** Waits for refreshes under way (their tokens get stored), then unsubscribes. */
   close: () => Promise<void>
 }
@@ -51,6 +55,8 @@ export interface TokenServiceOptions {
   client: TokenClient
   log: Pick<Logger, 'info' | 'warn' | 'error'>
   events?: TokenServiceEvents
+  /** The partner's lifecycle events (refreshed, refresh_failed, reauthorization_required, disconnected). */
+  lifecycle?: EventSink
   now?: () => number
   /** Refresh lock TTL (renewed while a refresh runs); LOCK_TTL_MS by default. */
   lockTtlMs?: number
@@ -61,7 +67,12 @@ export interface TokenServiceOptions {
   answerWithinMs: number
   /** Delays between attempts to store refreshed tokens while Redis blips. */
   storeRetryDelaysMs?: number[]
+  /** Merchants whose access token is kept in memory (TOKEN_CACHE_MAX_ENTRIES; 0: none). */
+  maxEntries: number
 }
+
+/** The tokens a caller saw: what counts as renewed, and the version to wait from. */
+type Seen = Pick<MerchantRecord, 'accessToken' | 'version'>
 
 export function createTokenService (opts: TokenServiceOptions): TokenService {
   const { store, client, log } = opts
@@ -69,7 +80,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   const events = opts.events ?? {}
   const storeRetryDelays = opts.storeRetryDelaysMs ?? [100, 250, 500, 1000, 2000, 4000]
   const lock = createRefreshLock({ redis: opts.redis, keys: opts.keys, now, ttlMs: opts.lockTtlMs })
-  const cache = createTokenCache(now)
+  const cache = createTokenCache({ now, maxEntries: opts.maxEntries })
   const { isConnected, load, readConnected, servable } = createRecordReads(store, cache, now)
   const inflight = new Map<string, Promise<MerchantRecord>>()
   const failedUntil = new Map<string, number>()
@@ -85,10 +96,10 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   }
 
   /** Whether `current` holds other tokens than `seen`: a refresh (or an onboarding) happened since. */
-  const renewedSince = (current: MerchantRecord, seen: MerchantRecord | undefined): boolean =>
+  const renewedSince = (current: MerchantRecord, seen: Seen | undefined): boolean =>
     seen !== undefined && current.accessToken !== seen.accessToken
 
-  async function refreshLocked (merchantId: string, force: boolean, seen: MerchantRecord | undefined, held: LockHandle): Promise<MerchantRecord> {
+  async function refreshLocked (merchantId: string, force: boolean, seen: Seen | undefined, held: LockHandle): Promise<MerchantRecord> {
     const current = await readConnected(merchantId)
     // Another replica refreshed while we queued for the lock: its result is ours. Another write
     // (a key rotation, a status change) is not a refresh: a forced refresh still happens.
@@ -117,6 +128,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       refreshTokenExpiresAt: tokens.refreshTokenExpiresAt ?? current.refreshTokenExpiresAt,
       lastRefreshedAt: now()
     }
+    const ticket = cache.ticket()
     const version = await storeRefreshed(record, current, held)
     if (version === undefined) {
       // A newer pair was written meanwhile (a new onboarding), or the merchant was deleted: it
@@ -125,8 +137,15 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       return await servable(merchantId, false) ?? await refreshLocked(merchantId, force, undefined, held)
     }
     events.refresh?.('ok', seconds())
+    opts.lifecycle?.emit('merchant.refreshed', merchantId, {
+      access_token_expires_at: new Date(record.accessTokenExpiresAt).toISOString(),
+      refresh_token_expires_at: new Date(record.refreshTokenExpiresAt).toISOString()
+    })
     log.info({ merchant_id: merchantId, correlation_id: tokens.correlationId, version }, 'access token refreshed')
-    return cache.remember({ ...record, version })
+    failedUntil.delete(merchantId)
+    const stored = { ...record, version }
+    cache.remember(stored, ticket)
+    return stored
   }
 
   async function onRefreshError (err: CybsError, current: MerchantRecord, seconds: () => number): Promise<MerchantRecord> {
@@ -137,7 +156,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     if (failure.reauthorize) {
       const version = await store.markReauthorizationRequired(merchantId, current)
       if (version !== undefined) {
-        cache.remember({ ...current, status: 'reauthorization_required', version })
+        cache.forget(merchantId)
+        opts.lifecycle?.emit('merchant.reauthorization_required', merchantId, { reason: err.oauthError ?? failure.outcome })
         throw new ReauthorizationRequiredError()
       }
       // A newer record was written meanwhile (a new onboarding): serve it if it can be.
@@ -145,12 +165,13 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       if (newer !== undefined) return newer
       throw new ReauthorizationRequiredError()
     }
+    opts.lifecycle?.emit('merchant.refresh_failed', merchantId, { reason: failure.outcome })
     failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
     throw new UpstreamUnavailableError()
   }
 
   /** One refresh across replicas; resolves with the record to serve. */
-  async function refreshAcrossReplicas (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
+  async function refreshAcrossReplicas (merchantId: string, force: boolean, seen: Seen | undefined): Promise<MerchantRecord> {
     const started = performance.now()
     const waited = (): number => (performance.now() - started) / 1000
     const deadline = now() + opts.answerWithinMs
@@ -179,9 +200,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
         events.lockWait?.(waited(), 'updated')
         // The change may be a rejection (409), a record that still needs a refresh, or a write
         // that was not a refresh (a forced refresh then still needs its own): checked.
-        const fresh = await servable(merchantId, force)
-        if (fresh !== undefined && (!force || renewedSince(fresh, seen))) return fresh
-        known = cache.record(merchantId)
+        const fresh = await readConnected(merchantId)
+        if ((force || isServable(fresh, now())) && (!force || renewedSince(fresh, seen))) return fresh
+        known = fresh
         if (!force) seen = known
         continue
       }
@@ -196,7 +217,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
   // Forced and due refreshes are shared separately: a forced one never settles for a due one
   // that finds nothing to do (across replicas the lock still makes them one after the other).
-  function refreshOnce (merchantId: string, force: boolean, seen: MerchantRecord | undefined): Promise<MerchantRecord> {
+  function refreshOnce (merchantId: string, force: boolean, seen: Seen | undefined): Promise<MerchantRecord> {
     const key = `${force ? 'force' : 'due'}:${merchantId}`
     let p = inflight.get(key)
     if (p === undefined) {
@@ -206,9 +227,9 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     return p
   }
 
-  function refreshInBackground (merchantId: string, record: MerchantRecord): void {
+  function refreshInBackground (merchantId: string, seen: Seen): void {
     if (closing) return
-    refreshOnce(merchantId, false, record).catch((err: unknown) => {
+    refreshOnce(merchantId, false, seen).catch((err: unknown) => {
       if (err instanceof StorageUnavailableError) failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
       else if (!(err instanceof UpstreamUnavailableError || err instanceof ReauthorizationRequiredError)) log.warn({ err, merchant_id: merchantId }, 'background refresh failed')
     })
@@ -228,25 +249,35 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   }
 
   async function lookup (merchantId: string): Promise<AccessToken> {
-    const cached = cache.record(merchantId)
     const t = now()
-    // A cached merchant that cannot be served is re-read: a new onboarding must lift a
-    // reauthorization even when its change message was lost (subscriber reconnecting).
-    const record = cached !== undefined && isConnected(cached) ? cached : await load(merchantId)
+    const cached = cache.entry(merchantId)
+    if (cached !== undefined && t < cached.connectedUntil) {
+      return await answer(merchantId, cached.token, cached.freshUntil, { accessToken: cached.token.accessToken, version: cached.version }, t)
+    }
+    // Only connected merchants are cached: a new onboarding lifts a reauthorization even when its
+    // change message was lost (subscriber reconnecting).
+    const record = await load(merchantId)
     if (record === undefined) throw new MerchantNotFoundError()
     if (!isConnected(record)) throw new ReauthorizationRequiredError()
-    const stillValid = isServable(record, t)
-    if (t < refreshAt(record) && stillValid) return cache.tokenOf(record)
-    if ((failedUntil.get(merchantId) ?? 0) > t) {
-      if (stillValid) return cache.tokenOf(record)
+    return await answer(merchantId, cache.tokenOf(record), refreshAt(record), record, t)
+  }
+
+  /** The token of a connected merchant, due at `dueAt`: now, or after a refresh. */
+  async function answer (merchantId: string, token: AccessToken, dueAt: number, seen: Seen, t: number): Promise<AccessToken> {
+    const stillValid = token.expiresAt - t >= MIN_VALIDITY_MS
+    if (t < dueAt && stillValid) return token
+    const hold = failedUntil.get(merchantId)
+    if (hold !== undefined && hold > t) {
+      if (stillValid) return token
       throw new UpstreamUnavailableError()
     }
+    if (hold !== undefined) failedUntil.delete(merchantId)
     if (stillValid) {
       // Ahead of expiry: refresh in the background, serve the current token now.
-      refreshInBackground(merchantId, record)
-      return cache.tokenOf(record)
+      refreshInBackground(merchantId, seen)
+      return token
     }
-    return cache.tokenOf(await refreshOnce(merchantId, false, record))
+    return cache.tokenOf(await refreshOnce(merchantId, false, seen))
   }
 
   async function forceRefresh (merchantId: string): Promise<MerchantMeta> {
@@ -269,15 +300,19 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
     async delete (merchantId) {
       cache.forget(merchantId)
       if (!await store.delete(merchantId)) throw new MerchantNotFoundError()
+      opts.lifecycle?.emit('merchant.disconnected', merchantId, {})
     },
 
     async start () {
-      await cache.listen(opts.subscriber, opts.keys.events, lock.notify)
+      await cache.listen(opts.subscriber, opts.keys.events, lock.notify, createVersionReads(opts.redis, opts.keys))
     },
+
+    cacheSize: cache.size,
 
     async close () {
       closing = true
       await Promise.allSettled([...inflight.values()])
+      cache.stop()
       opts.subscriber.disconnect()
     }
   }

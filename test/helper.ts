@@ -105,14 +105,31 @@ export async function build (t: Teardown, opts: BuildOptions = {}): Promise<Buil
   return { app: instance, config, redis, sim, secrets: s, logs, auth: { authorization: `Bearer ${s.apiSecret}` } }
 }
 
+/** The `name=value` of a response's Set-Cookie headers, as a browser would send them back. */
+export function cookiesOf (headers: Record<string, unknown>): string {
+  const set = headers['set-cookie']
+  const list = Array.isArray(set) ? set as string[] : typeof set === 'string' ? [set] : []
+  return list.map(c => c.split(';')[0]).join('; ')
+}
+
+/** Starts an onboarding as a browser would: the state of the authorize redirect, and the browser's cookie. */
+export async function connect (b: Built, connectQuery = '', cookie?: string): Promise<{ state: string, cookie: string, location: URL }> {
+  const res = await b.app.inject({ method: 'GET', url: `/oauth/connect${connectQuery}`, headers: cookie === undefined ? {} : { cookie } })
+  const location = new URL(String(res.headers.location))
+  return { state: location.searchParams.get('state') ?? '', cookie: cookiesOf(res.headers) || (cookie ?? ''), location }
+}
+
+/** The callback as CyberSource's redirect brings the browser to it. */
+export async function callback (b: Built, params: { code?: string, state?: string }, cookie?: string): Promise<{ statusCode: number, body: string, headers: Record<string, unknown> }> {
+  const query = new URLSearchParams(Object.entries(params).filter((e): e is [string, string] => e[1] !== undefined)).toString()
+  const res = await b.app.inject({ method: 'GET', url: `/oauth/callback${query === '' ? '' : `?${query}`}`, headers: cookie === undefined || cookie === '' ? {} : { cookie } })
+  return { statusCode: res.statusCode, body: res.body, headers: res.headers }
+}
+
 /** Runs the onboarding as the browser would (connect → simulator Allow → callback); returns the callback response. */
 export async function onboard (b: Built, merchantId: string, connectQuery = ''): Promise<{ statusCode: number, body: string, headers: Record<string, unknown> }> {
-  const connect = await b.app.inject({ method: 'GET', url: `/oauth/connect${connectQuery}` })
-  const authorize = new URL(String(connect.headers.location))
-  const state = authorize.searchParams.get('state') ?? ''
-  const code = b.sim.control.issueCode(merchantId)
-  const res = await b.app.inject({ method: 'GET', url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
-  return { statusCode: res.statusCode, body: res.body, headers: res.headers }
+  const started = await connect(b, connectQuery)
+  return await callback(b, { code: b.sim.control.issueCode(merchantId), state: started.state }, started.cookie)
 }
 
 /** Polls `predicate` every 25 ms until it holds (true) or `timeoutMs` passed (false). */

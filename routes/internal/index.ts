@@ -8,6 +8,7 @@ import { ID_PATTERN } from '../../src/config.js'
 import { addBearerGuard } from './guard.js'
 import merchantRoutes from './v1/merchants/index.js'
 import onboardingLinkRoutes from './v1/onboarding-links.js'
+import eventRoutes from './v1/events.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -46,4 +47,5 @@ export default async function internalRoutes (app: FastifyInstance): Promise<voi
 
   await app.register(merchantRoutes, { prefix: '/v1/merchants' })
   await app.register(onboardingLinkRoutes, { prefix: '/v1/onboarding-links' })
+  await app.register(eventRoutes, { prefix: '/v1/events' })
 }

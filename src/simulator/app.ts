@@ -1,7 +1,6 @@
 // A CyberSource simulator for the partner OAuth flow: the Business
 // Center consent page, POST /oauth2/v3/token, JWT-shaped tokens with a merchant_id claim, optional
 // mutual TLS, and switches for the failures CyberSource produces, in-process and under /__sim/.
-import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
 import type { TLSSocket } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
@@ -9,6 +8,8 @@ import formbody from '@fastify/formbody'
 import { Type } from '@sinclair/typebox'
 import { ID_PATTERN } from '../config.js'
 import { PAGE_HEADERS, consentPage, errorPage } from './html.js'
+import { openStateFile, type StateFile } from './state-file.js'
+import { OAuthError, createGrants, field, random, type Fields } from './grants.js'
 
 export const FAULTS = [
   'none', 'invalid_grant', 'invalid_client', 'error_500_oauth', 'error_500_empty', 'error_502_html',
@@ -50,8 +51,19 @@ export interface SimulatorOptions {
   refreshTokenTtlSeconds?: number
   /** Issue a new refresh token on every refresh and invalidate the old one. */
   rotateRefreshTokens?: boolean
-  /** HTTP status of OAuth error answers (CyberSource documents 500 for every failure). */
+  /**
+   * HTTP status of OAuth error answers: 500 by default, as CyberSource documents for every token
+   * request failure; 400 (RFC 6749) is the simulator's former behaviour.
+   */
   oauthErrorStatus?: number
+  /**
+   * A JSON file that keeps the issued refresh tokens (their digests, lifetimes, rotations and
+   * revocations) across restarts; written behind the requests and when the simulator closes.
+   * Codes are not kept.
+   */
+  stateFile?: string
+  /** Where warnings go (an unreadable or corrupt state file); stderr by default. */
+  warn?: (message: string) => void
   /** Size of a padding claim, for realistic (~1.5 KB) tokens. */
   tokenPadBytes?: number
   behavior?: Behavior
@@ -119,6 +131,8 @@ const DEFAULT_SCOPES = ['payments_with_standalone_credit', 'transactions', 'invo
 /** Size of the `huge` fault's body: far over what any client should buffer. */
 export const HUGE_BODY_BYTES = 10 * 1024 * 1024
 const DEFAULT_WRONG_MERCHANT = 'other_merchant'
+/** CyberSource: "Any token request failure results in an HTTP status code of 500". */
+export const DEFAULT_OAUTH_ERROR_STATUS = 500
 
 let hugeBody: Buffer | undefined
 /** A JSON-looking body of HUGE_BODY_BYTES, made once and shared (the simulator's own memory stays flat). */
@@ -143,29 +157,6 @@ const BehaviorSchema = Type.Object({
 }, { additionalProperties: false })
 const MerchantSchema = Type.Object({ merchant_id: Type.String({ pattern: ID_PATTERN.source }) })
 
-interface CodeEntry { clientId: string, merchantId: string, expiresAt: number }
-interface RefreshEntry { clientId: string, merchantId: string, expiresAt: number }
-type Fields = Record<string, unknown>
-
-class OAuthError extends Error {
-  constructor (readonly code: string, readonly description: string) { super(description) }
-}
-
-const random = (bytes: number): string => randomBytes(bytes).toString('base64url')
-const b64json = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
-
-function sameSecret (a: string, b: string): boolean {
-  const x = Buffer.from(a)
-  const y = Buffer.from(b)
-  return x.length === y.length && timingSafeEqual(x, y)
-}
-
-/** A single string field; a repeated field counts as absent. */
-function field (fields: Fields, name: string): string | undefined {
-  const v = fields[name]
-  return typeof v === 'string' ? v : undefined
-}
-
 function isHttpUrl (value: string): boolean {
   try {
     const u = new URL(value)
@@ -182,11 +173,24 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
   const codeTtlMs = (opts.codeTtlSeconds ?? 600) * 1000
   const accessTtl = opts.accessTokenTtlSeconds ?? 900
   const refreshTtl = opts.refreshTokenTtlSeconds ?? 31_536_000
-  const errorStatus = opts.oauthErrorStatus ?? 400
+  const errorStatus = opts.oauthErrorStatus ?? DEFAULT_OAUTH_ERROR_STATUS
   const maxRecords = opts.maxRecords ?? 1000
+  const warn = opts.warn ?? ((m: string) => { process.stderr.write(`simulator: ${m}\n`) })
 
-  const codes = new Map<string, CodeEntry>()
-  const refreshTokens = new Map<string, RefreshEntry>()
+  const state: StateFile | undefined = opts.stateFile === undefined ? undefined : openStateFile(opts.stateFile, { warn, now })
+  const grants = createGrants({
+    clientId: opts.clientId,
+    clientSecret: opts.clientSecret,
+    scopes,
+    codeTtlMs,
+    accessTtl,
+    refreshTtl,
+    rotateRefreshTokens: opts.rotateRefreshTokens === true,
+    tokenPadBytes: opts.tokenPadBytes,
+    now,
+    refreshTokens: state?.grants,
+    changed: () => state?.changed()
+  })
   let records: TokenRequestRecord[] = []
   let stats: SimulatorStats = { exchanges: 0, refreshes: 0, failures: 0 }
   let behavior: Behavior = {}
@@ -206,104 +210,10 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
     },
     requests: () => records.map(r => structuredClone(r)),
     stats: () => ({ ...stats }),
-    issueCode: (merchantId) => issueCode(opts.clientId, merchantId),
-    revokeRefreshTokens (merchantId) {
-      let n = 0
-      for (const [token, entry] of refreshTokens) {
-        if (entry.merchantId === merchantId) {
-          refreshTokens.delete(token)
-          n++
-        }
-      }
-      return n
-    }
+    issueCode: (merchantId) => grants.issueCode(opts.clientId, merchantId),
+    revokeRefreshTokens: (merchantId) => grants.revoke(merchantId)
   }
   control.setBehavior(opts.behavior ?? {})
-
-  function issueCode (clientId: string, merchantId: string): string {
-    if (!ID_PATTERN.test(merchantId)) throw new Error('merchant id must be 1-64 of [A-Za-z0-9_-]')
-    const t = now()
-    for (const [c, e] of codes) if (e.expiresAt <= t) codes.delete(c)
-    const code = random(24)
-    codes.set(code, { clientId, merchantId, expiresAt: t + codeTtlMs })
-    return code
-  }
-
-  function jwt (kind: 'access_token' | 'refresh_token', merchantId: string | undefined, lifetime: number): string {
-    const payload: Record<string, unknown> = {
-      jti: randomUUID(),
-      iat: now(),
-      client_id: opts.clientId,
-      ...(merchantId === undefined ? {} : { merchant_id: merchantId }),
-      scopes,
-      expires_in: lifetime,
-      token_type: kind
-    }
-    if (opts.tokenPadBytes !== undefined && opts.tokenPadBytes > 0) payload.pad = 'x'.repeat(opts.tokenPadBytes)
-    return `${b64json({ kid: 'simulator', alg: 'RS256' })}.${b64json(payload)}.${random(256)}`
-  }
-
-  function tokenResponse (merchantId: string, refreshToken: string, withMerchantClaim: boolean): Record<string, unknown> {
-    return {
-      access_token: jwt('access_token', withMerchantClaim ? merchantId : undefined, accessTtl),
-      token_type: 'Bearer',
-      refresh_token: refreshToken,
-      expires_in: accessTtl,
-      scope: scopes.join(' '),
-      refresh_token_expires_in: refreshTtl,
-      client_status: 'active'
-    }
-  }
-
-  function newRefreshToken (merchantId: string, withMerchantClaim: boolean): string {
-    const token = jwt('refresh_token', withMerchantClaim ? merchantId : undefined, refreshTtl)
-    refreshTokens.set(token, { clientId: opts.clientId, merchantId, expiresAt: now() + refreshTtl * 1000 })
-    return token
-  }
-
-  /** The real token endpoint logic; throws OAuthError. */
-  function grant (fields: Fields, withMerchantClaim: boolean): Record<string, unknown> {
-    const clientId = field(fields, 'client_id')
-    const clientSecret = field(fields, 'client_secret')
-    const grantType = field(fields, 'grant_type')
-    if (clientId === undefined || clientSecret === undefined || grantType === undefined) {
-      throw new OAuthError('invalid_request', 'client_id, client_secret and grant_type are required once each')
-    }
-    if (clientId !== opts.clientId || !sameSecret(clientSecret, opts.clientSecret)) {
-      throw new OAuthError('invalid_client', 'client authentication failed')
-    }
-    if (grantType === 'authorization_code') {
-      const code = field(fields, 'code')
-      if (code === undefined || code === '') throw new OAuthError('invalid_request', 'code is required')
-      const entry = codes.get(code)
-      codes.delete(code) // single use, whatever happens next
-      if (entry === undefined || entry.expiresAt <= now() || entry.clientId !== clientId) {
-        throw new OAuthError('invalid_grant', 'authorization code is invalid, expired or already used')
-      }
-      const body = tokenResponse(entry.merchantId, newRefreshToken(entry.merchantId, withMerchantClaim), withMerchantClaim)
-      stats.exchanges++
-      return body
-    }
-    if (grantType === 'refresh_token') {
-      const token = field(fields, 'refresh_token')
-      if (token === undefined || token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
-      const entry = refreshTokens.get(token)
-      if (entry === undefined || entry.expiresAt <= now() || entry.clientId !== clientId) {
-        throw new OAuthError('invalid_grant', 'refresh token is invalid or expired')
-      }
-      let refreshToken = token
-      if (opts.rotateRefreshTokens === true) {
-        refreshTokens.delete(token)
-        refreshToken = newRefreshToken(entry.merchantId, withMerchantClaim)
-      } else {
-        // CyberSource: the refresh token's expiry resets on every successful token request.
-        entry.expiresAt = now() + refreshTtl * 1000
-      }
-      stats.refreshes++
-      return tokenResponse(entry.merchantId, refreshToken, withMerchantClaim)
-    }
-    throw new OAuthError('unsupported_grant_type', 'grant_type must be authorization_code or refresh_token')
-  }
 
   /** The behavior for this request, consuming one of its `times` when it applies. */
   function applicable (grantType: string | undefined): Behavior | undefined {
@@ -373,6 +283,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
   // Any other body is left unparsed so the token endpoint can answer invalid_request itself.
   app.addContentTypeParser('*', (_req, _payload, done) => { done(null, undefined) })
   app.addHook('preClose', async () => { for (const ac of pendingDelays) ac.abort() })
+  if (state !== undefined) app.addHook('onClose', async () => { await state.flush() })
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
     const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500
@@ -430,7 +341,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
     const merchantId = field(fields, 'merchant_id') ?? ''
     if (!ID_PATTERN.test(merchantId)) return badPage(reply, 'Merchant ID must be 1-64 letters, digits, "_" or "-".')
     const target = new URL(params.redirectUrl)
-    target.searchParams.append('code', issueCode(params.clientId, merchantId))
+    target.searchParams.append('code', grants.issueCode(params.clientId, merchantId))
     if (params.state !== undefined) target.searchParams.append('state', params.state)
     return reply.redirect(target.href, 302)
   })
@@ -474,7 +385,7 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
         // Well-formed tokens for another merchant; no grant is used or issued.
         const other = b?.merchantId ?? DEFAULT_WRONG_MERCHANT
         stats.failures++
-        return json(200, tokenResponse(other, jwt('refresh_token', other, refreshTtl), true))
+        return json(200, grants.tokenResponse(other, grants.jwt('refresh_token', other, refreshTtl), true))
       }
       case 'no_access_token': stats.failures++; return json(200, { token_type: 'Bearer', expires_in: accessTtl, scope: scopes.join(' '), client_status: 'active' })
       case 'not_jwt':
@@ -487,7 +398,10 @@ export function buildSimulator (opts: SimulatorOptions): Simulator {
         return
     }
     try {
-      return json(200, grant(fields, b?.fault !== 'no_merchant_id'))
+      const { body, grantType } = grants.grant(fields, b?.fault !== 'no_merchant_id')
+      if (grantType === 'authorization_code') stats.exchanges++
+      else stats.refreshes++
+      return json(200, body)
     } catch (err) {
       if (!(err instanceof OAuthError)) throw err
       return oauthError(reply, errorStatus, err.code, err.description)

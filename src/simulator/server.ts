@@ -1,48 +1,41 @@
 // Standalone CyberSource simulator (`npm run simulator`). A separate development program, so it
-// reads its own few environment variables here rather than through src/config.ts.
+// takes its own flags and environment variables (src/simulator/cli.ts), not src/config.ts.
 import { readFileSync } from 'node:fs'
 import { AUTHORIZE_PATH, TOKEN_PATH, buildSimulator, type SimulatorOptions } from './app.js'
+import { SimulatorArgsError, parseSimulatorArgs, simulatorHelp, type SimulatorArgs } from './cli.js'
 
 function fail (message: string): never {
   console.error(`simulator: ${message}`)
   process.exit(1)
 }
 
-const env = process.env
-const host = env.SIMULATOR_HOST ?? '127.0.0.1'
-const port = Number(env.SIMULATOR_PORT ?? 4010)
-if (!Number.isInteger(port) || port < 0 || port > 65535) fail('SIMULATOR_PORT: must be a port number')
-
-const tlsFiles = {
-  cert: env.SIMULATOR_TLS_CERT_FILE,
-  key: env.SIMULATOR_TLS_KEY_FILE,
-  ca: env.SIMULATOR_TLS_CA_FILE
+let args: SimulatorArgs
+try {
+  args = parseSimulatorArgs(process.argv.slice(2), process.env)
+} catch (err) {
+  if (!(err instanceof SimulatorArgsError)) throw err
+  for (const p of err.problems) console.error(`simulator: ${p}`)
+  fail('see --help')
 }
+if (args.help) {
+  process.stdout.write(simulatorHelp())
+  process.exit(0)
+}
+const { host, port, tls } = args
+
 let https: SimulatorOptions['https']
-const given = Object.values(tlsFiles).filter(v => v !== undefined && v !== '').length
-if (given > 0) {
-  if (given < 3) fail('SIMULATOR_TLS_CERT_FILE, SIMULATOR_TLS_KEY_FILE and SIMULATOR_TLS_CA_FILE go together (mutual TLS)')
-  const read = (name: string, path: string): string => {
+if (tls !== undefined) {
+  const read = (what: string, path: string): string => {
     try {
       return readFileSync(path, 'utf8')
     } catch (err) {
-      return fail(`${name}: cannot read file (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+      return fail(`${what}: cannot read file (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
     }
   }
-  https = {
-    cert: read('SIMULATOR_TLS_CERT_FILE', tlsFiles.cert as string),
-    key: read('SIMULATOR_TLS_KEY_FILE', tlsFiles.key as string),
-    ca: read('SIMULATOR_TLS_CA_FILE', tlsFiles.ca as string)
-  }
+  https = { cert: read('--tls-cert', tls.cert), key: read('--tls-key', tls.key), ca: read('--tls-ca', tls.ca) }
 }
 
-const redirectUrl = env.CYBS_REDIRECT_URL === '' ? undefined : env.CYBS_REDIRECT_URL
-const { app } = buildSimulator({
-  clientId: env.CYBS_CLIENT_ID ?? 'demo-client-id',
-  clientSecret: env.CYBS_CLIENT_SECRET ?? 'demo-client-secret',
-  redirectUrl,
-  https
-})
+const { app } = buildSimulator({ ...args.options, https })
 
 try {
   await app.listen({ host, port })
@@ -54,11 +47,13 @@ const { port: actualPort } = app.server.address() as { port: number }
 const shownHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host
 const base = `${https === undefined ? 'http' : 'https'}://${shownHost}:${actualPort}`
 console.log(`CyberSource simulator: authorize ${base}${AUTHORIZE_PATH}, token ${base}${TOKEN_PATH}${https === undefined ? '' : ' (mutual TLS)'}`)
+if (args.options.behavior !== undefined) console.log(`simulator: token requests get ${JSON.stringify(args.options.behavior)}`)
 
 let closing = false
 const shutdown = (): void => {
   if (closing) return
   closing = true
+  // close() flushes the state file.
   app.close().then(() => process.exit(0), () => process.exit(1))
 }
 process.once('SIGINT', shutdown)

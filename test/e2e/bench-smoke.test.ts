@@ -5,19 +5,16 @@
 // which adds its section to the same file, and which skips itself, saying so, where valgrind is
 // missing. The benchmark itself is run by hand (bench/RESULTS.md).
 import t, { type Test } from 'tap'
-import { spawn, execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { ROOT, benchEntry } from '../helpers/bench-build.js'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { missingCallgrindTools } from '../../bench/callgrind.js'
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
 t.setTimeout(240_000)
 
 t.test('a minimal benchmark run writes a full report', async t => {
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.bench.json'], { cwd: ROOT, stdio: 'inherit' })
   const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const results = join(dir, 'RESULTS.md')
@@ -32,7 +29,7 @@ t.test('a minimal benchmark run writes a full report', async t => {
     BENCH_PIN: '0'
   }
   const run = async (t: Test, extra: Record<string, string> = {}): Promise<string> => {
-    const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', 'run.js')], { cwd: ROOT, env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [benchEntry('run.js')], { cwd: ROOT, env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] })
     let stderr = ''
     child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
     child.stdout.resume()
@@ -64,6 +61,12 @@ t.test('a minimal benchmark run writes a full report', async t => {
     const both = readFileSync(results, 'utf8')
     t.ok(both.startsWith(report), 'the timed report is kept as it was')
     t.match(both.slice(report.length), /^<!-- instruction counts: npm run bench:instructions -->\n# Benchmark: instructions per lookup\n\nSkipped: /, 'the report says it was skipped')
+
+    // Notes kept by hand (and the scale benchmark's section) follow their marker: no mode drops them.
+    const kept = '<!-- kept: not written by npm run bench -->\n# Notes by hand\n'
+    writeFileSync(results, `${both}\n${kept}`)
+    await run(t, { BENCH_MODE: 'instructions', PATH: empty })
+    t.ok(readFileSync(results, 'utf8').endsWith(kept), 'an instruction count keeps the notes')
   })
 
   const missing = missingCallgrindTools()

@@ -50,6 +50,7 @@ interface Service {
   env_file?: string | string[]
   secrets?: Array<string | { source: string, target?: string }>
   ports?: string[]
+  expose?: string[]
   profiles?: string[]
   depends_on?: Record<string, { condition?: string }>
   deploy?: { replicas?: number }
@@ -148,6 +149,7 @@ async function runtimeDir (): Promise<string> {
 async function composeEnv (t: Test): Promise<{ env: Record<string, string>, demoSecrets: string[] }> {
   const redis = await startRedis(t)
   const port = await freePort()
+  const internalPort = await freePort()
   const base = `http://127.0.0.1:${port}`
   const simEnv = compose.services.simulator.environment ?? {}
   const sim = await startSimulator(t, { clientId: simEnv.CYBS_CLIENT_ID, clientSecret: simEnv.CYBS_CLIENT_SECRET, redirectUrl: `${base}/oauth/callback` })
@@ -156,6 +158,7 @@ async function composeEnv (t: Test): Promise<{ env: Record<string, string>, demo
     // Every server in the tests binds loopback; the image itself sets 0.0.0.0.
     HOST: '127.0.0.1',
     PORT: String(port),
+    INTERNAL_PORT: String(internalPort),
     PUBLIC_BASE_URL: base,
     REDIS_URL: redis.url,
     CYBS_AUTHORIZE_URL: `${sim.url}${AUTHORIZE_PATH}`,
@@ -249,6 +252,8 @@ t.test('the simulator profile is a working demo with no edits', async t => {
   t.equal(env.CYBS_AUTHORIZE_URL, `http://127.0.0.1:${simHostPort}${AUTHORIZE_PATH}`, 'the browser reaches the consent page on the published port')
   t.equal(env.CYBS_TOKEN_URL, `http://simulator:${simPort}${TOKEN_PATH}`, 'the broker reaches the token endpoint by service name')
   t.equal(simEnv.SIMULATOR_HOST, '0.0.0.0', 'the simulator listens beyond its own loopback')
+  t.ok(env.INTERNAL_PORT !== undefined, 'the internal API has a port of its own')
+  t.same((broker.ports ?? []).filter(p => p.endsWith(`:${env.INTERNAL_PORT ?? ''}`)).map(p => p.split(':')[0]), ['127.0.0.1'], 'published on loopback only')
   t.match(simulator.healthcheck?.test?.join(' '), `http://127.0.0.1:${simPort}/__sim/`, "the simulator's health check asks the simulator")
 
   t.same(fileVariables(t, 'broker', broker, compose.secrets ?? {}).map(([name]) => name).sort(),
@@ -278,6 +283,10 @@ t.test(`${PRODUCTION_LAYER}: the operator's .env and secret files replace the de
     t.notOk(name in (broker.environment ?? {}), `${name} comes from .env`)
   }
   t.ok((broker.deploy?.replicas ?? 1) <= hostPorts(broker, broker.environment?.PORT ?? '3000').length, 'a published port for every replica')
+  const internalPort = broker.environment?.INTERNAL_PORT
+  t.ok(internalPort !== undefined, 'the internal API has a port of its own')
+  t.same(hostPorts(broker, internalPort ?? ''), [], 'which is not published')
+  t.ok(broker.expose?.includes(internalPort ?? ''), 'but exposed on the compose network')
   t.notOk(mountedSecrets(broker).some(s => s.startsWith('demo_')), 'no demo secret')
 
   const example = read('.env.example')
@@ -324,6 +333,7 @@ t.test('the runtime stage outside Docker, with the demo environment: ready, HEAL
 
   const { env, demoSecrets } = await composeEnv(t)
   const base = `http://127.0.0.1:${env.PORT}`
+  const internalBase = `http://127.0.0.1:${env.INTERNAL_PORT}`
   // Only PATH from this process: no NODE_PATH or anything else that could reach the dev tree.
   const proc = spawn(process.execPath, ['dist/src/server.js'], { cwd: dir, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
@@ -368,12 +378,15 @@ t.test('the runtime stage outside Docker, with the demo environment: ready, HEAL
   await callback.body.dump()
   t.equal(callback.statusCode, 200, 'the callback stores the merchant')
   const bearer = `Bearer ${readFileSync(env.INTERNAL_API_KEYS_FILE, 'utf8').trim().split(':')[1]}`
-  const lookup = await request(`${base}/internal/v1/merchants/demo_merchant/access-token`, { headers: { authorization: bearer } })
+  const lookup = await request(`${internalBase}/internal/v1/merchants/demo_merchant/access-token`, { headers: { authorization: bearer } })
   const token = await lookup.body.json() as { access_token?: string }
   t.equal(lookup.statusCode, 200, 'the demo caller gets an access token')
-  const docs = await request(`${base}/docs/json`, { headers: { authorization: bearer } })
+  const docs = await request(`${internalBase}/docs/json`, { headers: { authorization: bearer } })
   t.equal(docs.statusCode, 200, 'the OpenAPI document')
   await docs.body.dump()
+  const hidden = await request(`${base}/internal/v1/merchants/demo_merchant/access-token`, { headers: { authorization: bearer } })
+  await hidden.body.dump()
+  t.equal(hidden.statusCode, 404, 'the internal API is not on the public port')
 
   proc.kill('SIGTERM')
   t.equal(await exited, 0, 'exits 0 on SIGTERM')

@@ -109,7 +109,8 @@ t.test('SIGTERM during a slow forced refresh: the request completes, tokens are 
   const state = new URL(String(connect.headers.location)).searchParams.get('state') ?? ''
   t.ok(state.length >= 22, 'a state to carry back')
   const code = sim.control.issueCode(mid)
-  const cb = await request(`${child.base}/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`, { dispatcher: agent })
+  const cookie = [connect.headers['set-cookie'] ?? []].flat().map(c => c.split(';')[0]).join('; ')
+  const cb = await request(`${child.base}/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`, { dispatcher: agent, headers: { cookie } })
   const cbBody = await cb.body.text()
   t.equal(cb.statusCode, 200, 'onboarded')
   t.match(cbBody, mid)

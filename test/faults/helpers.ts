@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import type { Built } from '../helper.js'
+import { cookiesOf, type Built } from '../helper.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys, type RedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord, type TokenStore } from '../../src/token-store.js'
@@ -20,7 +20,7 @@ import type { Simulator } from '../../src/simulator/app.js'
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
 /** Onboardings are many here: the browser routes' rate limit must not be what answers. */
-export const NO_RATE_LIMIT = { RATE_LIMIT_MAX: '1000000' }
+export const NO_RATE_LIMIT = { RATE_LIMIT_MAX: '1000000', STATE_MAX_PER_CLIENT: '1000000', STATE_MAX_TOTAL: '100000000' }
 
 export interface Res { statusCode: number, body: string, json: () => any }
 
@@ -100,15 +100,21 @@ export const forceRefresh = async (b: Built, mid: string): Promise<Res> =>
 export const deleteMerchant = async (b: Built, mid: string): Promise<Res> =>
   await b.app.inject({ method: 'DELETE', url: `/internal/v1/merchants/${mid}`, headers: b.auth })
 
-/** GET /oauth/connect: the state of a fresh onboarding. */
+/** The binding cookie of the browser that started each state. */
+const browsers = new Map<string, string>()
+
+/** GET /oauth/connect: the state of a fresh onboarding (its browser's cookie is kept for the callback). */
 export async function connectState (b: Built, query = ''): Promise<string> {
   const res = await b.app.inject({ url: `/oauth/connect${query}` })
   if (res.statusCode !== 302) throw new Error(`connect answered ${res.statusCode}`)
-  return new URL(String(res.headers.location)).searchParams.get('state') ?? ''
+  const state = new URL(String(res.headers.location)).searchParams.get('state') ?? ''
+  browsers.set(state, cookiesOf(res.headers))
+  return state
 }
 
-export async function callback (b: Built, code: string, state: string): Promise<Res> {
-  return await b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
+/** The callback from the browser that started the state (or from one with `cookie`: '' for none). */
+export async function callback (b: Built, code: string, state: string, cookie = browsers.get(state)): Promise<Res> {
+  return await b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`, headers: cookie === undefined || cookie === '' ? {} : { cookie } })
 }
 
 export const tokenRequests = (sim: Simulator, grant: 'authorization_code' | 'refresh_token'): number =>

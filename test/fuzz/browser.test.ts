@@ -66,7 +66,7 @@ function expect (r: Request, a: Answer, statuses: number[]): void {
 }
 
 t.test('browser routes under generated input', async t => {
-  const f = await setup(t, { RATE_LIMIT_MAX: '10000000' })
+  const f = await setup(t, { RATE_LIMIT_MAX: '10000000', STATE_MAX_PER_CLIENT: '1000000', STATE_MAX_TOTAL: '100000000' })
 
   await t.test('GET and HEAD /oauth/connect', async t => {
     const merchant = fc.record({ key: fc.constant('merchant_id'), value: fc.option(fc.oneof(merchantIdText(REAL), markup), { freq: 10, nil: undefined }) })
@@ -117,7 +117,7 @@ t.test('browser routes under generated input', async t => {
       method: fc.constantFrom('GET' as const, 'GET' as const, 'HEAD' as const)
     })
     await property(t, 'callback', arb, async ({ c, state, code, bareCode, extra, at, path, method }) => {
-      const real = state.kind === 'real' ? (await f.b.app.stateStore.create()).state : undefined
+      const real = state.kind === 'real' ? (await f.b.app.stateStore.create({})).state : undefined
       if (real !== undefined) f.h.ownStates.add(real)
       const pairs: QueryPair[] = [...extra]
       const insert = (p: QueryPair): void => { pairs.splice(at % (pairs.length + 1), 0, p) }

@@ -263,9 +263,11 @@ t.test('internal API under generated input', async t => {
       if (parsed === null) return { status: 201 }
       if (typeof parsed !== 'object' || Array.isArray(parsed)) return invalidRequest()
       const keys = Object.keys(parsed)
-      if (keys.some(k => k !== 'merchant_id')) return invalidRequest()
-      const mid = (parsed as { merchant_id?: unknown }).merchant_id
-      return mid === undefined || (typeof mid === 'string' && ID_PATTERN.test(mid)) ? { status: 201 } : invalidRequest()
+      if (keys.some(k => k !== 'merchant_id' && k !== 'reference')) return invalidRequest()
+      const { merchant_id: mid, reference: ref } = parsed as { merchant_id?: unknown, reference?: unknown }
+      const midOk = mid === undefined || (typeof mid === 'string' && ID_PATTERN.test(mid))
+      const refOk = ref === undefined || (typeof ref === 'string' && [...ref].length <= 256 && /^\P{C}+$/u.test(ref))
+      return midOk && refOk ? { status: 201 } : invalidRequest()
     }
     await property(t, 'onboarding links', arb, async ({ c, path, body, type }) => {
       const payload = bodyText(body)
@@ -287,14 +289,14 @@ t.test('internal API under generated input', async t => {
             : exact ? [bodyOracle(payload)] : payload !== undefined && payload !== '' && !json ? refused : [{ status: 201 }, ...refused]
       expect(r, a, wants)
       if (a.status !== 201) return
-      const link = a.json as { url?: unknown, expires_at?: unknown }
-      must(Object.keys(link).sort().join(',') === 'expires_at,url' && typeof link.url === 'string', `${Harness.where(r, a)}: link fields`)
-      f.h.checkAuthorizeUrl(Harness.where(r, a), link.url)
-      // The state the link holds is bound to a valid merchant id or to none.
-      const state = new URL(link.url).searchParams.get('state') ?? ''
-      const record = JSON.parse(await f.redis.get(f.b.app.redisKeys.state(state)) ?? 'null') as { merchantId?: unknown } | null
-      must(record !== null && (record.merchantId === undefined || (typeof record.merchantId === 'string' && ID_PATTERN.test(record.merchantId))), `${Harness.where(r, a)}: a state bound to an invalid merchant id`)
-      if (exact && typeof given === 'string') must(record.merchantId === given, `${Harness.where(r, a)}: the state is bound to another merchant`)
+      const link = a.json as { id?: unknown, url?: unknown, expires_at?: unknown, merchant_id?: unknown }
+      must(Object.keys(link).sort().join(',') === 'expires_at,id,merchant_id,reference,url' && typeof link.url === 'string' && typeof link.id === 'string', `${Harness.where(r, a)}: link fields`)
+      // The URL passes through the service (which binds the browser), never straight to CyberSource.
+      must(link.url.startsWith(`${f.b.config.publicBaseUrl}/oauth/links/${link.id}/`), `${Harness.where(r, a)}: link URL ${printable(link.url)}`)
+      // The link is bound to a valid merchant id or to none.
+      const record = await f.redis.hgetall(f.b.app.redisKeys.link(link.id))
+      must(record.merchant_id === '' || ID_PATTERN.test(record.merchant_id ?? ''), `${Harness.where(r, a)}: a link bound to an invalid merchant id`)
+      if (exact && typeof given === 'string') must(record.merchant_id === given && link.merchant_id === given, `${Harness.where(r, a)}: the link is bound to another merchant`)
     }, {
       numRuns: RUNS,
       examples: [

@@ -252,9 +252,15 @@ t.test('Redis Cluster: 3 masters, two app instances', async t => {
     for (const [i, c] of cluster.clients.entries()) {
       const all = await scanKeys(c)
       t.same(all.filter(k => !k.startsWith(PREFIX)), [], `master ${i + 1}: every key starts with ${PREFIX}`)
-      records.push(...all.filter(k => keys.merchantIdOf(k) !== undefined))
-      // Besides the records, only rate-limit counters: states were consumed, locks released.
-      t.same(all.filter(k => keys.merchantIdOf(k) === undefined && !k.startsWith(keys.rateLimit)), [], `master ${i + 1}: no other keys`)
+      const mine = all.filter(k => keys.merchantIdOf(k) !== undefined)
+      records.push(...mine)
+      // Besides the records (metadata hash and tokens key) and their slots' counters: rate-limit
+      // and state-cap counters, the outcomes of used states, the keep-alive schedule and the event stream.
+      // States were consumed, locks released.
+      const kept = [keys.rateLimit, keys.stateQuota, `${PREFIX}state-outcome:`, keys.keepAliveKey(''), keys.eventKey(''), keys.merchantCounts('').slice(0, -2)]
+      const own = (k: string): boolean => keys.merchantIdOf(k) !== undefined || mine.includes(k.slice(0, -':tokens'.length)) || kept.some(p => k.startsWith(p))
+      t.same(all.filter(k => !own(k)), [], `master ${i + 1}: no other keys`)
+      t.same(mine.filter(r => !all.includes(`${r}:tokens`)), [], `master ${i + 1}: every record has its tokens key beside it`)
     }
     const expected = [...merchants.filter(m => !perNode.includes(m)), 'm_topo_lock', 'm_topo_pubsub']
     t.same(records.map(k => keys.merchantIdOf(k)).sort(), expected.sort(), 'the cluster holds exactly the remaining merchants')

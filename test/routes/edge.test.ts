@@ -4,6 +4,7 @@
 import t, { type Test } from 'tap'
 import { connect } from 'node:net'
 import { build, type Built } from '../helper.js'
+import { REFERENCE_PATTERN } from '../../src/pages.js'
 
 const GENERATED = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -87,14 +88,14 @@ t.test('a browser route makes its own correlation id; the internal API keeps the
   const given = 'caller-chosen-id-0001'
   const connectRes = await b.app.inject({ url: '/oauth/connect', headers: { 'x-correlation-id': given } })
   t.equal(connectRes.statusCode, 302)
-  t.match(String(connectRes.headers['x-correlation-id']), GENERATED, 'connect: a fresh UUID')
+  t.match(String(connectRes.headers['x-correlation-id']), REFERENCE_PATTERN, 'connect: a fresh short reference')
 
   const page = await b.app.inject({ url: '/oauth/callback?code=abcdefgh&state=unknown-state', headers: { 'x-correlation-id': given } })
   t.equal(page.statusCode, 401)
   const id = String(page.headers['x-correlation-id'])
-  t.match(id, GENERATED, 'callback: a fresh UUID')
+  t.match(id, REFERENCE_PATTERN, 'callback: a fresh short reference')
   t.notOk(page.body.includes(given), 'the page does not show the caller\'s id')
-  t.match(page.body, `Reference: <code>${id}</code>`, 'the page shows its own id')
+  t.match(page.body, `Reference: <strong>${id}</strong>`, 'the page shows its own id')
   t.notOk(b.logs.lines().some(l => l.reqId === given), 'no log line carries the caller\'s id')
 
   const internal = await b.app.inject({ url: '/internal/v1/merchants', headers: { ...b.auth, 'x-correlation-id': given } })

@@ -3,7 +3,7 @@
 // unknown merchants and routes, and onboarding links.
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
-import { build, onboard, until, CLIENT_ID, type Built } from '../helper.js'
+import { build, callback, cookiesOf, onboard, until, type Built } from '../helper.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type MerchantRecord } from '../../src/token-store.js'
@@ -331,77 +331,34 @@ t.test('internal API guard', async t => {
   await t.test('POST /internal/v1/onboarding-links', async t => {
     const link = async (payload: unknown): Promise<{ statusCode: number, body: string, headers: Record<string, unknown>, json: () => any }> =>
       await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: b.auth, payload: payload as Record<string, unknown> })
-    const callback = async (state: string, code: string): Promise<{ statusCode: number, body: string }> =>
-      await b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
-
-    await t.test('bound link: authorize URL whose state completes this merchant\'s onboarding', async t => {
-      const before = Date.now()
-      const res = await link({ merchant_id: 'm_link' })
-      t.equal(res.statusCode, 201, said(res))
-      const body = res.json() as { url: string, expires_at: string }
-      t.same(Object.keys(body).sort(), ['expires_at', 'url'])
-      const url = new URL(body.url)
-      t.equal(url.origin + url.pathname, b.config.cybs.authorizeUrl, 'the CyberSource authorize URL')
-      t.equal(url.searchParams.get('sub'), 'oauth')
-      t.equal(url.searchParams.get('client_id'), CLIENT_ID)
-      t.equal(url.searchParams.get('redirect_url'), b.config.cybs.redirectUrl)
-      const state = url.searchParams.get('state') ?? ''
-      t.ok(Buffer.from(state, 'base64url').length >= 16, 'state carries at least 128 bits')
-      const expiresAt = Date.parse(body.expires_at)
-      t.match(body.expires_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/)
-      t.ok(expiresAt >= before + 590_000 && expiresAt <= Date.now() + 610_000, `expires in STATE_TTL_SECONDS (${body.expires_at})`)
-      t.notOk(body.url.includes(b.secrets.clientSecret), 'no client secret in the link')
-
-      const done = await callback(state, b.sim.control.issueCode('m_link'))
-      t.equal(done.statusCode, 200, 'callback accepted the state')
-      t.match(done.body, /m_link/)
-      const tok = await b.app.inject({ url: '/internal/v1/merchants/m_link/access-token', headers: b.auth })
-      t.equal(tok.statusCode, 200, 'the merchant is connected')
-      const again = await callback(state, b.sim.control.issueCode('m_link'))
-      t.equal(again.statusCode, 401, 'the state is single use')
-    })
-
-    await t.test('bound link used by another merchant → merchant_mismatch, nothing stored', async t => {
-      const res = await link({ merchant_id: 'm_link_bound' })
-      t.equal(res.statusCode, 201)
-      const state = new URL((res.json() as { url: string }).url).searchParams.get('state') ?? ''
-      const done = await callback(state, b.sim.control.issueCode('m_link_other'))
-      t.equal(done.statusCode, 403)
-      for (const m of ['m_link_bound', 'm_link_other']) {
-        t.equal((await b.app.inject({ url: `/internal/v1/merchants/${m}`, headers: b.auth })).statusCode, 404, `${m} not stored`)
-      }
-    })
-
-    await t.test('unbound link works for whoever authorizes', async t => {
-      const res = await link({})
-      t.equal(res.statusCode, 201, said(res))
-      const state = new URL((res.json() as { url: string }).url).searchParams.get('state') ?? ''
-      t.equal((await callback(state, b.sim.control.issueCode('m_link_any'))).statusCode, 200)
-      t.equal((await b.app.inject({ url: '/internal/v1/merchants/m_link_any', headers: b.auth })).statusCode, 200)
-    })
+    /** A browser opening the link's URL, then the callback CyberSource sends it to. */
+    const complete = async (url: string, merchantId: string): Promise<{ statusCode: number, body: string }> => {
+      const visit = await b.app.inject({ url: new URL(url).pathname })
+      const state = new URL(String(visit.headers.location)).searchParams.get('state') ?? ''
+      return await callback(b, { code: b.sim.control.issueCode(merchantId), state }, cookiesOf(visit.headers))
+    }
 
     await t.test('no body at all (no content-type) or `{}` → 201 with an unbound link that works', async t => {
       const noBody = await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: b.auth })
       const empty = await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: { ...b.auth, 'content-type': 'application/json' }, payload: '{}' })
       for (const [what, res, mid] of [['no body', noBody, 'm_link_nobody'], ['{}', empty, 'm_link_emptyobj']] as const) {
         t.equal(res.statusCode, 201, `${what}: ${said(res)}`)
-        const body = res.json() as { url: string, expires_at: string }
-        t.same(Object.keys(body).sort(), ['expires_at', 'url'], what)
-        const url = new URL(body.url)
-        t.equal(url.origin + url.pathname, b.config.cybs.authorizeUrl, `${what}: the CyberSource authorize URL`)
-        const state = url.searchParams.get('state') ?? ''
-        t.ok(Buffer.from(state, 'base64url').length >= 16, `${what}: a state of at least 128 bits`)
-        const done = await callback(state, b.sim.control.issueCode(mid))
-        t.equal(done.statusCode, 200, `${what}: the callback accepts its state`)
+        const body = res.json() as { url: string, merchant_id: unknown }
+        t.same(Object.keys(body).sort(), ['expires_at', 'id', 'merchant_id', 'reference', 'url'], what)
+        t.equal(body.merchant_id, null, `${what}: unbound`)
+        t.notOk(body.url.includes(b.secrets.clientSecret), `${what}: no client secret in the link`)
+        t.equal((await complete(body.url, mid)).statusCode, 200, `${what}: the onboarding completes`)
         t.equal((await b.app.inject({ url: `/internal/v1/merchants/${mid}`, headers: b.auth })).statusCode, 200, `${what}: ${mid} is connected`)
       }
       t.not(noBody.json().url, empty.json().url)
     })
 
-    await t.test('two links carry different states', async t => {
-      const s1 = new URL((await link({ merchant_id: 'm_x' })).json().url as string).searchParams.get('state')
-      const s2 = new URL((await link({ merchant_id: 'm_x' })).json().url as string).searchParams.get('state')
-      t.not(s1, s2)
+    await t.test('a bound link used by another merchant → merchant_mismatch, nothing stored', async t => {
+      const res = await link({ merchant_id: 'm_link_bound' })
+      t.equal((await complete(res.json().url as string, 'm_link_other')).statusCode, 403)
+      for (const m of ['m_link_bound', 'm_link_other']) {
+        t.equal((await b.app.inject({ url: `/internal/v1/merchants/${m}`, headers: b.auth })).statusCode, 404, `${m} not stored`)
+      }
     })
 
     await t.test('invalid body → 400 invalid_request', async t => {

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions, recordIssuedTokens, until } from '../helper.js'
+import { build, secrets as newSecrets, CLIENT_ID, type Built, type BuildOptions, recordIssuedTokens, until, cookiesOf } from '../helper.js'
 import { freePort, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import type { TokenStore } from '../../src/token-store.js'
@@ -86,12 +86,16 @@ function query (pairs: Array<[string, string]>): string {
   return pairs.length === 0 ? '' : `?${pairs.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`).join('&')}`
 }
 
+/** The browser that started each state: its binding cookie, which the callback brings back. */
+const browsers = new Map<string, string>()
+
 async function connect (ctx: Ctx, pairs: Array<[string, string]> = []): Promise<{ res: Res, location: URL, state: string }> {
   const res = await ctx.b.app.inject({ url: `/oauth/connect${query(pairs)}` })
   if (res.statusCode !== 302) throw new Error(`connect answered ${res.statusCode}: ${res.body}`)
   const location = new URL(String(res.headers.location))
   const state = location.searchParams.get('state') ?? ''
   ctx.states.add(state)
+  browsers.set(state, cookiesOf(res.headers))
   return { res, location, state }
 }
 
@@ -108,14 +112,23 @@ function fakeCode (ctx: Ctx, length = 32): string {
   return code
 }
 
-async function callback (ctx: Ctx, pairs: Array<[string, string]>): Promise<Res> {
+/** The callback from another browser than the one that started the state (no binding cookie). */
+async function callbackElsewhere (ctx: Ctx, pairs: Array<[string, string]>): Promise<Res> {
   for (const [k, v] of pairs) if (k === 'code' && v.length >= 8) ctx.codes.add(v)
   return await ctx.b.app.inject({ url: `/oauth/callback${query(pairs)}` })
 }
 
+/** The callback from the browser that started the state (as CyberSource's redirect brings it). */
+async function callback (ctx: Ctx, pairs: Array<[string, string]>): Promise<Res> {
+  for (const [k, v] of pairs) if (k === 'code' && v.length >= 8) ctx.codes.add(v)
+  const state = pairs.find(([k]) => k === 'state')?.[1]
+  const cookie = state === undefined ? undefined : browsers.get(state)
+  return await ctx.b.app.inject({ url: `/oauth/callback${query(pairs)}`, headers: cookie === undefined ? {} : { cookie } })
+}
+
 const exchanges = (ctx: Ctx): number => ctx.sim.control.requests().filter(r => r.path === TOKEN_PATH && r.form.grant_type === 'authorization_code').length
 
-const merchantKeys = async (ctx: Ctx): Promise<string[]> => await scanKeys(ctx.redis, `${ctx.b.config.redisKeyPrefix}merchant:*`)
+const merchantKeys = async (ctx: Ctx): Promise<string[]> => await scanKeys(ctx.redis, `${ctx.b.config.redisKeyPrefix}merchant:{*}`)
 const stateKeys = async (ctx: Ctx): Promise<string[]> => await scanKeys(ctx.redis, `${ctx.b.config.redisKeyPrefix}state:*`)
 
 /** Strings that must never reach a response body, a Location header or a log line. */
@@ -253,12 +266,14 @@ t.test('connect: invalid or repeated merchant_id → 400, nothing stored', async
     ['repeated, same value', [['merchant_id', 'm_1'], ['merchant_id', 'm_1']]],
     ['over 2,048 characters', [['merchant_id', 'm_1'], ['x', 'y'.repeat(2049)]]]
   ]
+  // What the app keeps from its start (the keep-alive schedule's marker) is not the requests'.
+  const before = new Set(await scanKeys(ctx.redis))
   for (const [what, pairs] of bad) {
     const res = await ctx.b.app.inject({ url: `/oauth/connect${query(pairs)}` })
     assertPage(t, ctx, res, 400, `merchant_id ${what}`)
   }
   t.same(await stateKeys(ctx), [], 'no state stored')
-  t.same((await scanKeys(ctx.redis)).filter(k => !k.startsWith(ctx.keys.rateLimit)), [], 'nothing stored but rate-limit counters')
+  t.same((await scanKeys(ctx.redis)).filter(k => !before.has(k) && !k.startsWith(ctx.keys.rateLimit)), [], 'nothing stored but rate-limit counters')
   const ok = await ctx.b.app.inject({ url: '/oauth/connect?merchant_id=Ab-_09' })
   t.equal(ok.statusCode, 302, 'a valid id is accepted')
 })
@@ -282,7 +297,7 @@ t.test('browser flow through the simulator consent page: Allow and Deny', async 
   t.equal(back.origin + back.pathname, DEFAULT_REDIRECT)
   const code = back.searchParams.get('code') ?? ''
   ctx.codes.add(code)
-  const done = await ctx.b.app.inject({ url: `${back.pathname}${back.search}` })
+  const done = await ctx.b.app.inject({ url: `${back.pathname}${back.search}`, headers: { cookie: browsers.get(state) ?? '' } })
   assertPage(t, ctx, done, 200, 'allow')
   t.equal((await ctx.store.get('browser_m'))?.status, 'connected')
 
@@ -334,8 +349,10 @@ t.test('callback success: 200 page, tokens stored encrypted, state consumed', as
   t.notOk(dump.includes(record.accessToken) || dump.includes(record.refreshToken), 'not stored in plaintext')
   t.same(await stateKeys(ctx), [], 'the state is gone')
 
-  const again = await callback(ctx, [['code', issue(ctx, 'm_ok')], ['state', state]])
-  assertPage(t, ctx, again, 401, 'state reused after success')
+  const again = await callbackElsewhere(ctx, [['code', issue(ctx, 'm_ok')], ['state', state]])
+  assertPage(t, ctx, again, 401, 'state reused after success, by another browser')
+  const back = await callback(ctx, [['code', issue(ctx, 'm_ok')], ['state', state]])
+  assertPage(t, ctx, back, 200, 'Back then Allow again in the same browser: the first outcome')
   t.equal(exchanges(ctx), 1, 'no second exchange')
 })
 
@@ -371,12 +388,15 @@ t.test('callback with a valid state and no code: state consumed, treated as deni
   const res = await callback(ctx, [['state', state]])
   assertPage(t, ctx, res, 200, 'state without code')
   t.same(await stateKeys(ctx), [], 'state consumed')
-  const reuse = await callback(ctx, [['code', issue(ctx, 'm_d')], ['state', state]])
+  const reuse = await callbackElsewhere(ctx, [['code', issue(ctx, 'm_d')], ['state', state]])
   assertPage(t, ctx, reuse, 401, 'second use of the state')
+  const own = await callback(ctx, [['code', issue(ctx, 'm_d')], ['state', state]])
+  assertPage(t, ctx, own, 200, 'second use by the same browser: the denial again')
+  t.match(own.body, /cancel/i)
 
   const empty = await connect(ctx)
   assertPage(t, ctx, await callback(ctx, [['code', ''], ['state', empty.state]]), 200, 'state with an empty code')
-  assertPage(t, ctx, await callback(ctx, [['code', issue(ctx, 'm_d')], ['state', empty.state]]), 401, 'second use after an empty code')
+  assertPage(t, ctx, await callbackElsewhere(ctx, [['code', issue(ctx, 'm_d')], ['state', empty.state]]), 401, 'second use after an empty code')
 
   t.equal(ctx.sim.control.requests().length, 0, 'no token request')
   await assertNothingStored(t, ctx, ['m_d'], 'denied')
@@ -384,7 +404,7 @@ t.test('callback with a valid state and no code: state consumed, treated as deni
   const redir = await setup(t, { env: { ONBOARDING_FAILURE_URL: FAILURE_URL } })
   const s2 = await connect(redir)
   assertRedirect(t, redir, await callback(redir, [['state', s2.state]]), FAILURE_URL, { reason: 'access_denied' }, 'state without code, redirect')
-  assertPage(t, redir, await callback(redir, [['code', issue(redir, 'm_d')], ['state', s2.state]]), 401, 'second use, redirect configured')
+  assertPage(t, redir, await callbackElsewhere(redir, [['code', issue(redir, 'm_d')], ['state', s2.state]]), 401, 'second use, redirect configured')
   t.equal(redir.sim.control.requests().length, 0, 'no token request')
 })
 
@@ -448,17 +468,24 @@ t.test('callback: 20 concurrent callbacks with one state → exactly one exchang
     const { state } = await connect(ctx)
     const shared = issue(ctx, 'm_c0')
     const codes = Array.from({ length: 20 }, (_, i) => mode === 'one code' ? shared : issue(ctx, `m_c${i}`))
-    const results = await Promise.all(codes.map(async code => await callback(ctx, [['code', code], ['state', state]])))
-    const statuses = results.map(r => r.statusCode)
-    t.equal(statuses.filter(s => s === 200).length, 1, `${mode}: one success`)
-    t.equal(statuses.filter(s => s === 401).length, 19, `${mode}: the others 401`)
+    // The starting browser (a double click), and as many other browsers, all at once.
+    const results = await Promise.all(codes.flatMap(code => [
+      callback(ctx, [['code', code], ['state', state]]),
+      callbackElsewhere(ctx, [['code', code], ['state', state]])
+    ]))
+    const own = results.filter((_, i) => i % 2 === 0)
+    const others = results.filter((_, i) => i % 2 === 1)
+    t.same(own.map(r => r.statusCode), own.map(() => 200), `${mode}: the starting browser sees the one success every time`)
+    t.equal(new Set(own.map(r => /Reference: <strong>([0-9A-Z-]+)/.exec(r.body)?.[1])).size, 1, `${mode}: one outcome, one reference`)
+    t.same(others.filter(r => r.statusCode !== 401 && r.statusCode !== 403).map(r => r.statusCode), [], `${mode}: other browsers get 401 or 403`)
     t.equal(exchanges(ctx), 1, `${mode}: one exchange recorded by the simulator`)
     t.equal(ctx.sim.control.stats().exchanges, 1)
     const keys = await merchantKeys(ctx)
     t.equal(keys.length, 1, `${mode}: one merchant stored`)
-    const winner = results.findIndex(r => r.statusCode === 200)
-    const exchangedCode = ctx.sim.control.requests()[0].form.code
-    t.equal(exchangedCode, codes[winner], `${mode}: the winner's code was exchanged`)
+    const exchangedCode = String(ctx.sim.control.requests()[0].form.code)
+    const winner = codes.indexOf(exchangedCode)
+    t.ok(winner >= 0, `${mode}: an issued code was exchanged`)
+    t.same(keys, [ctx.keys.merchant(mode === 'one code' ? 'm_c0' : `m_c${winner}`)], `${mode}: the winner's merchant was stored`)
     for (const r of results) assertNoLeak(t, ctx, r, `${mode}: concurrent callback`)
   }
 })
@@ -468,8 +495,8 @@ t.test('callback: 20 concurrent callbacks with one state → exactly one exchang
 
 t.test('callback: exchange rejected by CyberSource → 502 / reason=exchange_failed, state stays used', async t => {
   const variants: Array<{ what: string, simulatorOptions?: Partial<SimulatorOptions>, fault?: 'invalid_grant' | 'invalid_client' | 'error_500_oauth', fake?: boolean }> = [
-    { what: 'invalid_grant (400)', fault: 'invalid_grant' },
-    { what: 'invalid_grant with HTTP 500', fault: 'invalid_grant', simulatorOptions: { oauthErrorStatus: 500 } },
+    { what: 'invalid_grant (400)', fault: 'invalid_grant', simulatorOptions: { oauthErrorStatus: 400 } },
+    { what: 'invalid_grant with HTTP 500 (CyberSource\'s documented status)', fault: 'invalid_grant' },
     { what: 'invalid_client', fault: 'invalid_client' },
     { what: 'server_error OAuth body with HTTP 500', fault: 'error_500_oauth' },
     { what: 'a code CyberSource never issued', fake: true },
@@ -488,7 +515,7 @@ t.test('callback: exchange rejected by CyberSource → 502 / reason=exchange_fai
       t.equal(exchanges(ctx), 1, `${label}: one exchange attempt`)
       await assertNothingStored(t, ctx, ['m_rej'], label)
       ctx.sim.control.setBehavior({})
-      assertPage(t, ctx, await callback(ctx, [['code', issue(ctx, 'm_rej')], ['state', state]]), 401, `${label}: the state stays used`)
+      assertPage(t, ctx, await callbackElsewhere(ctx, [['code', issue(ctx, 'm_rej')], ['state', state]]), 401, `${label}: the state stays used`)
       t.equal(exchanges(ctx), 1, `${label}: no exchange for the reused state`)
     }
   }
@@ -540,7 +567,7 @@ t.test('callback: CyberSource unavailable → 503 / reason=upstream_unavailable,
       t.equal(exchanges(ctx) - before, expected, `${label}: ${expected} exchange request(s) reached the simulator`)
       t.equal(await ctx.store.get('m_up'), undefined, `${label}: nothing stored`)
       ctx.sim.control.setBehavior({})
-      assertPage(t, ctx, await callback(ctx, [['code', issue(ctx, 'm_up')], ['state', state]]), 401, `${label}: the state stays used`)
+      assertPage(t, ctx, await callbackElsewhere(ctx, [['code', issue(ctx, 'm_up')], ['state', state]]), 401, `${label}: the state stays used`)
       t.equal(exchanges(ctx) - before, expected, `${label}: no exchange for the reused state`)
     }
   }
@@ -557,7 +584,7 @@ t.test('callback: merchant mismatch → 403 / reason=merchant_mismatch, tokens d
     t.equal(exchanges(ctx), 1, `${label}: the code was exchanged (the merchant id is in the token)`)
     t.ok(ctx.issued.size >= 2, `${label}: CyberSource issued tokens`)
     await assertNothingStored(t, ctx, ['merchant_A', 'merchant_B'], label)
-    assertPage(t, ctx, await callback(ctx, [['code', issue(ctx, 'merchant_A')], ['state', state]]), 401, `${label}: the state stays used`)
+    assertPage(t, ctx, await callbackElsewhere(ctx, [['code', issue(ctx, 'merchant_A')], ['state', state]]), 401, `${label}: the state stays used`)
   }
 })
 

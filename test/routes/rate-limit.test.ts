@@ -1,12 +1,15 @@
 // Rate limiting of the browser-facing /oauth routes: one Redis-backed counter shared by every
-// replica (two app instances on one Redis here), per client address, not applied to the internal
-// API or the operations routes, and out of the way when Redis is down (the route answers its 503).
+// replica (two app instances on one Redis here), per client bucket (an IPv4 address, an IPv6 /64)
+// and kind of route (starting an onboarding, or the callback), not applied to the internal API or
+// the operations routes, and out of the way when Redis is down (the route answers its 503). The
+// bucket is request.ip as TRUST_PROXY reads it: an X-Forwarded-For entry that no trusted proxy
+// wrote never chooses it.
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { build, secrets, startSimulator, type Built } from '../helper.js'
-import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { scanKeys, startRedis, type TestRedis } from '../helpers/redis.js'
 
 const MAX = 5
 const WINDOW_SECONDS = 60
@@ -60,7 +63,16 @@ t.test('the limit is shared by two instances on one Redis; the 6th request gets 
   assertLimited(t, await get(b, '/oauth/connect'), '6th on b')
   assertLimited(t, await get(a, '/oauth/connect'), '7th on a')
   assertLimited(t, await get(a, '/oauth/connect?merchant_id=mid_rl'), 'with a merchant_id')
-  assertLimited(t, await get(b, '/oauth/callback?code=c&state=s'), 'the callback (same /oauth scope)')
+  assertLimited(t, await get(b, '/oauth/links/lnk_rl/key_rl'), 'an onboarding link visit (it starts an onboarding too)')
+
+  // Callbacks count in a bucket of their own: the flooded starts leave them alone.
+  const state = randomBytes(32).toString('base64url')
+  for (const [i, app] of instances.entries()) {
+    const res = await get(app, `/oauth/callback?code=c&state=${state}`)
+    t.not(res.statusCode, 429, `callback ${i + 1} from the same client is not throttled (${res.statusCode})`)
+    t.equal(res.headers['x-ratelimit-remaining'], String(MAX - i - 1), 'counted on its own')
+  }
+  assertLimited(t, await get(b, `/oauth/callback?code=c&state=${state}`), 'the callback over its own limit')
   t.equal(a.sim.control.stats().exchanges, 0, 'the limited callback exchanged nothing')
 
   // Per client address: another client is not affected.
@@ -90,7 +102,8 @@ t.test('the limit is shared by two instances on one Redis; the 6th request gets 
   const keys = await admin.keys('*')
   t.same(keys.filter(k => !k.startsWith(a.config.redisKeyPrefix)), [], 'every key under REDIS_KEY_PREFIX')
   const rateKeys = keys.filter(k => k.startsWith(`${a.config.redisKeyPrefix}rate:`))
-  t.ok(rateKeys.length >= 1, `rate-limit counters stored (${rateKeys.join(', ')})`)
+  t.same(rateKeys.map(k => k.slice(`${a.config.redisKeyPrefix}rate:`.length)).sort(), ['other:127.0.0.1', 'start:127.0.0.1', 'start:127.0.0.2'],
+    'one counter per kind of route and client bucket')
   const pttl = await admin.pttl(rateKeys[0])
   t.ok(pttl > 0 && pttl <= WINDOW_SECONDS * 1000, 'the counter expires with the window')
 })
@@ -130,4 +143,99 @@ t.test('Redis down: the limiter does not block (skipOnError), the route answers 
     await sleep(100)
   }
   t.equal(res.statusCode, 302, 'connect works again once Redis is back')
+})
+
+/** The rate-limit counters under an instance's prefix, as `kind:bucket`. */
+async function counters (admin: Redis, prefix: string): Promise<string[]> {
+  return (await scanKeys(admin, `${prefix}rate:*`)).map(k => k.slice(`${prefix}rate:`.length)).sort()
+}
+
+t.test('X-Forwarded-For cannot choose the bucket, under every TRUST_PROXY form', async t => {
+  const redis = await startRedis(t)
+  const s = secrets()
+  const sim = await startSimulator(t, { clientSecret: s.clientSecret })
+  const admin = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => admin.disconnect())
+  let n = 0
+  const instance = async (trustProxy: string): Promise<{ app: Built, prefix: string }> => {
+    const prefix = `xff${++n}:`
+    const env = { RATE_LIMIT_MAX: String(MAX), RATE_LIMIT_WINDOW_SECONDS: String(WINDOW_SECONDS), TRUST_PROXY: trustProxy, REDIS_KEY_PREFIX: prefix }
+    return { app: await build(t, { redis, simulator: sim, secrets: s, env }), prefix }
+  }
+  /**
+   * MAX + 1 connects from `peer`, each with another client-chosen X-Forwarded-For (made by
+   * `forwarded`): all count in `bucket`, so the last is throttled.
+   */
+  const flood = async (t: Test, app: Built, peer: string, forwarded: (forged: string) => string): Promise<void> => {
+    for (let i = 0; i < MAX; i++) {
+      const res = await get(app, '/oauth/connect', { remoteAddress: peer, headers: { 'x-forwarded-for': forwarded(`203.0.113.${i + 1}`) } })
+      t.equal(res.statusCode, 302, `request ${i + 1}: 302`)
+    }
+    assertLimited(t, await get(app, '/oauth/connect', { remoteAddress: peer, headers: { 'x-forwarded-for': forwarded('203.0.113.99') } }), `${MAX + 1}th with yet another forged entry`)
+  }
+
+  await t.test('false: X-Forwarded-For is ignored; the peer is the client', async t => {
+    const { app, prefix } = await instance('false')
+    await flood(t, app, '192.0.2.10', forged => forged)
+    t.equal((await get(app, '/oauth/connect', { remoteAddress: '192.0.2.10', headers: { 'x-forwarded-for': '198.51.100.1, 198.51.100.2' } })).statusCode, 429, 'a list of entries is ignored too')
+    t.equal((await get(app, '/oauth/connect', { remoteAddress: '192.0.2.11', headers: { 'x-forwarded-for': '192.0.2.10' } })).statusCode, 302, 'another peer naming the throttled one is not throttled')
+    t.same(await counters(admin, prefix), ['start:192.0.2.10', 'start:192.0.2.11'])
+  })
+
+  for (const form of ['true', '1']) {
+    await t.test(`${form}: only the entry the nearest proxy appended counts`, async t => {
+      const { app, prefix } = await instance(form)
+      // The proxy (10.0.0.1) appends the address it saw to what the client sent.
+      await flood(t, app, '10.0.0.1', forged => `${forged}, 198.51.100.7`)
+      t.equal((await get(app, '/oauth/connect', { remoteAddress: '10.0.0.1', headers: { 'x-forwarded-for': '198.51.100.7, 198.51.100.8' } })).statusCode, 302,
+        'a client naming another address to the left gets its own bucket, not the one it named')
+      t.equal((await get(app, '/oauth/connect', { remoteAddress: '10.0.0.1', headers: { 'x-forwarded-for': '198.51.100.9' } })).statusCode, 302, 'another client')
+      t.same(await counters(admin, prefix), ['start:198.51.100.7', 'start:198.51.100.8', 'start:198.51.100.9'], 'no bucket of a forged entry')
+    })
+  }
+
+  await t.test('2: the entry the second proxy appended counts', async t => {
+    const { app, prefix } = await instance('2')
+    await flood(t, app, '10.0.0.1', forged => `${forged}, 198.51.100.7, 10.0.0.2`)
+    t.same(await counters(admin, prefix), ['start:198.51.100.7'])
+  })
+
+  await t.test('a CIDR list: entries of trusted proxies are skipped, and only those', async t => {
+    const { app, prefix } = await instance('10.0.0.0/8, fd00::/8')
+    // One or two trusted proxies (the peer, and 10.9.9.9 in the list), IPv4 or IPv6.
+    const chains: Array<[string, (forged: string) => string]> = [
+      ['10.0.0.1', forged => `${forged}, 198.51.100.7`],
+      ['fd00::1', forged => `${forged}, 198.51.100.7, 10.9.9.9`],
+      ['10.0.0.1', forged => `${forged}, 198.51.100.7, fd00::2`]
+    ]
+    for (let i = 0; i < MAX; i++) {
+      const [peer, forwarded] = chains[i % chains.length]
+      const res = await get(app, '/oauth/connect', { remoteAddress: peer, headers: { 'x-forwarded-for': forwarded(`203.0.113.${i + 1}`) } })
+      t.equal(res.statusCode, 302, `request ${i + 1} through ${peer}: 302`)
+    }
+    // A forged entry inside a trusted range is never reached: the client's own address, appended
+    // by the proxy, stops the walk.
+    assertLimited(t, await get(app, '/oauth/connect', { remoteAddress: '10.0.0.1', headers: { 'x-forwarded-for': '10.5.5.5, 198.51.100.7' } }), 'a forged trusted-range entry')
+    // A peer outside the list is the client itself, whatever it forwards.
+    const direct = await get(app, '/oauth/connect', { remoteAddress: '192.0.2.20', headers: { 'x-forwarded-for': '198.51.100.50' } })
+    t.equal(direct.statusCode, 302)
+    t.same(await counters(admin, prefix), ['start:192.0.2.20', 'start:198.51.100.7'], 'the client behind the proxies, and the untrusted peer')
+  })
+})
+
+t.test('IPv6: one bucket per /64; IPv4-mapped addresses are their IPv4', async t => {
+  const redis = await startRedis(t)
+  const env = { RATE_LIMIT_MAX: String(MAX), RATE_LIMIT_WINDOW_SECONDS: String(WINDOW_SECONDS) }
+  const app = await build(t, { redis, env })
+  const prefix = app.config.redisKeyPrefix
+  const sameNet = ['2001:db8:0:1::1', '2001:db8:0:1:ffff:ffff:ffff:ffff', '2001:DB8:0:1::abcd', '2001:0db8:0000:0001:1234::', '2001:db8:0:1::2']
+  for (const [i, peer] of sameNet.entries()) t.equal((await get(app, '/oauth/connect', { remoteAddress: peer })).statusCode, 302, `${peer}: request ${i + 1}`)
+  assertLimited(t, await get(app, '/oauth/connect', { remoteAddress: '2001:db8:0:1:5:6:7:8' }), 'one more address of that /64')
+  t.equal((await get(app, '/oauth/connect', { remoteAddress: '2001:db8:0:2::1' })).statusCode, 302, 'the next /64 is not throttled')
+  t.equal((await get(app, '/oauth/connect', { remoteAddress: '198.51.100.3' })).statusCode, 302)
+  t.equal((await get(app, '/oauth/connect', { remoteAddress: '::ffff:198.51.100.3' })).statusCode, 302)
+  const admin = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => admin.disconnect())
+  t.same(await counters(admin, prefix), ['start:198.51.100.3', 'start:2001:db8:0:1::/64', 'start:2001:db8:0:2::/64'])
+  t.equal(await admin.get(`${prefix}rate:start:198.51.100.3`), '2', 'the mapped address counted as its IPv4')
 })

@@ -19,6 +19,7 @@ const REDIS_PASSWORD = 'hunter2hunter2'
 // REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD (the URL's password above is REDIS_URL's).
 const DATA_PASSWORD = `data-password-${randomBytes(8).toString('hex')}`
 const SENTINEL_PASSWORD = `sentinel-password-${randomBytes(8).toString('hex')}`
+const WEBHOOK_SECRET_1 = `whsec_${randomBytes(32).toString('base64')}`
 
 /** The required variables only: everything else takes its default. */
 function minimal (): Env {
@@ -134,6 +135,39 @@ t.test('a minimal simulator env takes the defaults', async t => {
   t.equal(c.cybs.tls.key, undefined)
 })
 
+t.test('TRUST_PROXY forms: false, true (one hop), a hop count, trusted addresses and CIDRs', async t => {
+  const trust = (v: string): unknown => loadConfig({ ...minimal(), TRUST_PROXY: v }).trustProxy
+  t.equal(loadConfig(minimal()).trustProxy, false, 'default')
+  t.equal(trust('false'), false)
+  t.equal(trust('true'), 1, 'true trusts the nearest proxy only')
+  t.equal(trust('2'), 2)
+  t.same(trust('10.0.0.1, 10.1.0.0/16,fd00::/8'), ['10.0.0.1', '10.1.0.0/16', 'fd00::/8'])
+})
+
+t.test('the onboarding, link, page, edge, keep-alive and webhook settings', async t => {
+  const c = loadConfig(minimal())
+  t.equal(c.browserBinding, 'required')
+  t.same(c.links, { ttlSeconds: 604800 })
+  t.same(c.pages, { partnerName: undefined, portalUrl: undefined })
+  t.same(c.stateLimits, { perClient: 300, total: 100000 })
+  t.equal(c.internalListener, undefined)
+  t.equal(c.webhook, undefined)
+  t.equal(c.keepAlive.renewBeforeSeconds, 2592000)
+  const secret1 = randomBytes(32)
+  const secret2 = randomBytes(24)
+  const d = loadConfig({
+    ...minimal(),
+    INTERNAL_PORT: '9090',
+    PARTNER_NAME: 'Acme Payments',
+    PARTNER_PORTAL_URL: 'https://portal.example/home',
+    WEBHOOK_URL: 'https://receiver.example/hooks',
+    WEBHOOK_SECRET: `whsec_${secret1.toString('base64')},whsec_${secret2.toString('base64')}`
+  })
+  t.same(d.internalListener, { host: '127.0.0.1', port: 9090 }, 'INTERNAL_HOST defaults to HOST')
+  t.same(d.pages, { partnerName: 'Acme Payments', portalUrl: 'https://portal.example/home' })
+  t.same(d.webhook?.secrets.map(k => k.toString('hex')), [secret1.toString('hex'), secret2.toString('hex')], 'every secret, decoded')
+})
+
 t.test('numbers and levels given as strings are parsed', async t => {
   const c = loadConfig({ ...minimal(), HOST: '0.0.0.0', PORT: '8080', LOG_LEVEL: 'warn', STATE_TTL_SECONDS: '3600', CYBS_TIMEOUT_MS: '2500', REDIS_KEY_PREFIX: 'tenant-a:' })
   t.equal(c.host, '0.0.0.0')
@@ -198,8 +232,8 @@ t.test('TOKEN_ENCRYPTION_KEYS becomes a key ring, first key first', async t => {
   t.equal(encryptionKeys[0].key.length, 32)
   t.ok(encryptionKeys[0].key.equals(Buffer.from(KEY_A, 'base64')))
   t.ok(encryptionKeys[1].key.equals(Buffer.from(KEY_B, 'base64')))
-  const one = loadConfig({ ...minimal(), TOKEN_ENCRYPTION_KEYS: `2024-01.main:${KEY_B}` }).encryptionKeys
-  t.same(one.map(k => k.kid), ['2024-01.main'])
+  const one = loadConfig({ ...minimal(), TOKEN_ENCRYPTION_KEYS: `2024-01_main:${KEY_B}` }).encryptionKeys
+  t.same(one.map(k => k.kid), ['2024-01_main'])
 })
 
 t.test('INTERNAL_API_KEYS becomes caller/secret pairs', async t => {
@@ -356,6 +390,8 @@ t.test('malformed variables', async t => {
     ['TOKEN_ENCRYPTION_KEYS second entry without a colon', { TOKEN_ENCRYPTION_KEYS: `k1:${KEY_A},${KEY_B}` }, 'TOKEN_ENCRYPTION_KEYS'],
     ['TOKEN_ENCRYPTION_KEYS with a bad kid', { TOKEN_ENCRYPTION_KEYS: `bad kid!:${KEY_A}` }, 'TOKEN_ENCRYPTION_KEYS'],
     ['TOKEN_ENCRYPTION_KEYS with an empty kid', { TOKEN_ENCRYPTION_KEYS: `:${KEY_A}` }, 'TOKEN_ENCRYPTION_KEYS'],
+    // A dot separates the parts of an encrypted value: a kid with one could never be read back.
+    ['TOKEN_ENCRYPTION_KEYS with a dot in a kid', { TOKEN_ENCRYPTION_KEYS: `k.1:${KEY_A}` }, 'TOKEN_ENCRYPTION_KEYS'],
     ['TOKEN_ENCRYPTION_KEYS with a 16-byte key', { TOKEN_ENCRYPTION_KEYS: `k1:${randomBytes(16).toString('base64')}` }, 'TOKEN_ENCRYPTION_KEYS'],
     ['TOKEN_ENCRYPTION_KEYS with a 33-byte key', { TOKEN_ENCRYPTION_KEYS: `k1:${randomBytes(33).toString('base64')}` }, 'TOKEN_ENCRYPTION_KEYS'],
     ['TOKEN_ENCRYPTION_KEYS not base64', { TOKEN_ENCRYPTION_KEYS: `k1:${'*'.repeat(20)}not-base64!${'#'.repeat(12)}` }, 'TOKEN_ENCRYPTION_KEYS'],
@@ -383,7 +419,20 @@ t.test('malformed variables', async t => {
     ['LOG_LEVEL bogus', { LOG_LEVEL: 'verbose' }, 'LOG_LEVEL'],
     ['REDIS_KEY_PREFIX with a space', { REDIS_KEY_PREFIX: 'my prefix' }, 'REDIS_KEY_PREFIX'],
     ['CYBS_REDIRECT_URL not a URL', { CYBS_REDIRECT_URL: '/oauth/callback' }, 'CYBS_REDIRECT_URL'],
-    ['ONBOARDING_SUCCESS_URL not a URL', { ONBOARDING_SUCCESS_URL: 'done.html' }, 'ONBOARDING_SUCCESS_URL']
+    ['ONBOARDING_SUCCESS_URL not a URL', { ONBOARDING_SUCCESS_URL: 'done.html' }, 'ONBOARDING_SUCCESS_URL'],
+    ['TRUST_PROXY not an address', { TRUST_PROXY: '10.0.0.0/8,proxy.internal' }, 'TRUST_PROXY'],
+    ['TRUST_PROXY CIDR too wide', { TRUST_PROXY: '10.0.0.0/33' }, 'TRUST_PROXY'],
+    ['TRUST_PROXY IPv6 CIDR too wide', { TRUST_PROXY: 'fd00::/129' }, 'TRUST_PROXY'],
+    ['TRUST_PROXY negative', { TRUST_PROXY: '-1' }, 'TRUST_PROXY'],
+    ['INTERNAL_PORT equal to PORT', { PORT: '8080', INTERNAL_PORT: '8080' }, 'INTERNAL_PORT'],
+    ['ONBOARDING_BROWSER_BINDING bogus', { ONBOARDING_BROWSER_BINDING: 'optional' }, 'ONBOARDING_BROWSER_BINDING'],
+    ['ONBOARDING_LINK_TTL_SECONDS over 30 days', { ONBOARDING_LINK_TTL_SECONDS: '2592001' }, 'ONBOARDING_LINK_TTL_SECONDS'],
+    ['PARTNER_PORTAL_URL not a URL', { PARTNER_PORTAL_URL: 'portal' }, 'PARTNER_PORTAL_URL'],
+    ['WEBHOOK_URL without WEBHOOK_SECRET', { WEBHOOK_URL: 'https://receiver.example/hooks' }, 'WEBHOOK_SECRET'],
+    ['WEBHOOK_SECRET without WEBHOOK_URL', { WEBHOOK_SECRET: `whsec_${randomBytes(32).toString('base64')}` }, 'WEBHOOK_URL'],
+    ['WEBHOOK_SECRET without whsec_', { WEBHOOK_URL: 'https://receiver.example/hooks', WEBHOOK_SECRET: randomBytes(32).toString('base64') }, 'WEBHOOK_SECRET'],
+    ['WEBHOOK_SECRET too short', { WEBHOOK_URL: 'https://receiver.example/hooks', WEBHOOK_SECRET: `whsec_${randomBytes(16).toString('base64')}` }, 'WEBHOOK_SECRET'],
+    ['WEBHOOK_URL not http(s)', { WEBHOOK_URL: 'ftp://receiver.example/hooks', WEBHOOK_SECRET: `whsec_${randomBytes(32).toString('base64')}` }, 'WEBHOOK_URL']
   ]
   for (const [title, overrides, name] of cases) {
     t.test(title, async t => {
@@ -559,10 +608,11 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
   const FILE_CONTEXT: Partial<Record<typeof SECRET_VARIABLES[number], Env>> = {
     CYBS_CLIENT_KEY_PASSPHRASE: { CYBS_CLIENT_CERT_FILE: CERT, CYBS_CLIENT_KEY_FILE: ENCRYPTED_KEY },
     REDIS_PASSWORD: { REDIS_URL: 'redis://redis.internal:6379' },
-    REDIS_SENTINEL_PASSWORD: { REDIS_SENTINELS: 'sentinel-1:26379', REDIS_SENTINEL_NAME: 'mymaster' }
+    REDIS_SENTINEL_PASSWORD: { REDIS_SENTINELS: 'sentinel-1:26379', REDIS_SENTINEL_NAME: 'mymaster' },
+    WEBHOOK_SECRET: { WEBHOOK_URL: 'https://receiver.example/hooks' }
   }
   /** A value for each secret that base() lacks. */
-  const INLINE: Env = { REDIS_PASSWORD: DATA_PASSWORD, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }
+  const INLINE: Env = { REDIS_PASSWORD: DATA_PASSWORD, REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD, WEBHOOK_SECRET: WEBHOOK_SECRET_1 }
   /** base() with NAME replaced by NAME_FILE pointing at a file holding `content`. */
   const viaFile = (name: string, content: string, overrides: Env = {}): Env => base({ [name]: undefined, [`${name}_FILE`]: file(content), ...overrides })
 
@@ -582,7 +632,8 @@ t.test('NAME_FILE: every secret variable may be read from a file', async t => {
       INTERNAL_API_KEYS: [apiKeys, c => c.internalApiKeys, [{ caller: 'portal', secret: API_SECRET_2 }]],
       REDIS_URL: [redisUrl, c => c.redis, { mode: 'standalone', url: redisUrl }],
       REDIS_PASSWORD: [DATA_PASSWORD, c => c.redis.password, DATA_PASSWORD],
-      REDIS_SENTINEL_PASSWORD: [SENTINEL_PASSWORD, c => c.redis.mode === 'sentinel' ? c.redis.sentinelPassword : 'not sentinel', SENTINEL_PASSWORD]
+      REDIS_SENTINEL_PASSWORD: [SENTINEL_PASSWORD, c => c.redis.mode === 'sentinel' ? c.redis.sentinelPassword : 'not sentinel', SENTINEL_PASSWORD],
+      WEBHOOK_SECRET: [WEBHOOK_SECRET_1, c => c.webhook?.secrets.length, 1]
     }
     for (const name of SECRET_VARIABLES) {
       const [content, pick, expected] = values[name]

@@ -1,14 +1,15 @@
 // The storage invariants (docs/architecture.md), checked on a real Redis after real onboardings and refreshes: no
 // token, code or secret in plaintext anywhere in Redis, every key under REDIS_KEY_PREFIX,
-// ciphertexts bound to their merchant and field, key rotation; and no secret in the logs.
+// ciphertexts bound to their merchant and tamper-evident, key rotation; and no secret in the logs.
 import t from 'tap'
 import { scanKeys } from '../helpers/redis.js'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { build, secrets as newSecrets, CLIENT_ID, type Built, recordIssuedTokens, until } from '../helper.js'
+import { build, cookiesOf, secrets as newSecrets, CLIENT_ID, type Built, recordIssuedTokens, until } from '../helper.js'
 import type { TestRedis } from '../helpers/redis.js'
 import { buildSimulator, type Simulator, type SimulatorOptions } from '../../src/simulator/app.js'
 import { createKeyRing, KeyRingError } from '../../src/key-ring.js'
+import { kidOf } from '../../src/record-codec.js'
 import type { RedisKeys } from '../../src/redis-keys.js'
 import { createTokenStore, type TokenStore } from '../../src/token-store.js'
 import { createKeyRotation } from '../../src/key-rotation.js'
@@ -71,7 +72,7 @@ async function onboard (ctx: Ctx, merchantId: string, bind = true): Promise<Res>
   ctx.states.add(state)
   const code = ctx.sim.control.issueCode(merchantId)
   ctx.codes.add(code)
-  return await ctx.b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}` })
+  return await ctx.b.app.inject({ url: `/oauth/callback?code=${encodeURIComponent(code)}&state=${encodeURIComponent(state)}`, headers: { cookie: cookiesOf(con.headers) } })
 }
 
 /** Every key and every value in Redis, whatever its type. */
@@ -82,7 +83,8 @@ async function dumpRedis (redis: Redis): Promise<{ keys: string[], text: string 
     const type = await redis.type(key)
     let value: unknown
     switch (type) {
-      case 'string': value = await redis.get(key); break
+      // Byte for byte (binary values): a token in plaintext would show as itself.
+      case 'string': value = (await redis.getBuffer(key))?.toString('latin1'); break
       case 'hash': value = await redis.hgetall(key); break
       case 'list': value = await redis.lrange(key, 0, -1); break
       case 'set': value = await redis.smembers(key); break
@@ -150,9 +152,10 @@ t.test('Redis holds no token, code or secret in plaintext; every key is under th
     t.ok(own.length >= 3, `${prefix} keys written: ${own.join(', ')}`)
     t.same(own.filter(k => !k.startsWith(prefix)), [], `${prefix} every key the service wrote starts with the prefix`)
     t.same(own.filter(k => k.includes('m_3')), [], `${prefix} the deleted merchant left no key`)
-    t.ok(own.includes(`${prefix}merchant:{m_1}`) && own.includes(`${prefix}merchant:{m_2}`), `${prefix} both merchant records are there`)
+    t.ok(['m_1', 'm_2'].every(m => own.includes(`${prefix}merchant:{${m}}`) && own.includes(`${prefix}merchant:{${m}}:tokens`)), `${prefix} both merchant records are there, metadata and tokens`)
+    t.ok(own.includes(`${prefix}merchant-counts`), `${prefix} and the counters`)
     t.equal(await ctx.redis.get('other:merchant:{zz}'), 'x', 'a foreign key is untouched')
-    t.match(text, 'access_token_enc', 'the dump holds the encrypted records')
+    t.match(text, `${prefix}merchant:{m_1}:tokens string`, 'the dump holds the encrypted records')
     t.same(found(text, secretsOf(ctx, true)), [], `${prefix} no token (raw, segments, decoded payload), code, secret or state value in Redis`)
 
     const list = await ctx.b.app.inject({ url: '/internal/v1/merchants', headers: ctx.b.auth })
@@ -160,28 +163,31 @@ t.test('Redis holds no token, code or secret in plaintext; every key is under th
   }
 })
 
-t.test('a ciphertext moved to another merchant or field does not decrypt; the API answers 5xx without leaking', async t => {
+t.test('a ciphertext moved to another merchant, altered or cut does not decrypt; the API answers 5xx without leaking', async t => {
   const ctx = await setup(t)
   for (const m of ['m_a', 'm_b', 'm_c']) t.equal((await onboard(ctx, m)).statusCode, 200, `onboard ${m}`)
   const a = await ctx.store.get('m_a')
   if (a === undefined) throw new Error('m_a not stored')
-  const ka = ctx.keys.merchant('m_a')
-  const kb = ctx.keys.merchant('m_b')
-  const kc = ctx.keys.merchant('m_c')
-  const aAccess = String(await ctx.redis.hget(ka, 'access_token_enc'))
-  const aRefresh = String(await ctx.redis.hget(ka, 'refresh_token_enc'))
-  const cAccess = String(await ctx.redis.hget(kc, 'access_token_enc'))
-  const cRefresh = String(await ctx.redis.hget(kc, 'refresh_token_enc'))
+  const blobOf = async (m: string): Promise<Buffer> => {
+    const blob = await ctx.redis.getBuffer(ctx.keys.merchantTokens(m))
+    if (blob === null) throw new Error(`${m}: no tokens key`)
+    return blob
+  }
+  const aBlob = await blobOf('m_a')
+  const cBlob = await blobOf('m_c')
 
-  // m_a's access token copied into m_b's record.
-  await ctx.redis.hset(kb, 'access_token_enc', aAccess)
+  // m_a's tokens copied into m_b's record.
+  await ctx.redis.set(ctx.keys.merchantTokens('m_b'), aBlob, 'KEEPTTL')
   await t.rejects(ctx.store.get('m_b'), KeyRingError, 'copied across merchants: KeyRingError')
-  // m_c's access and refresh ciphertexts swapped.
-  await ctx.redis.hset(kc, 'access_token_enc', cRefresh, 'refresh_token_enc', cAccess)
-  await t.rejects(ctx.store.get('m_c'), KeyRingError, 'swapped fields: KeyRingError')
-  // m_a's refresh token ciphertext written as its own access token.
-  await ctx.redis.hset(ka, 'access_token_enc', aRefresh)
-  await t.rejects(ctx.store.get('m_a'), KeyRingError, 'refresh ciphertext in the access field: KeyRingError')
+  // One byte of m_c's ciphertext changed.
+  const altered = Buffer.from(cBlob)
+  altered[altered.length - 1] ^= 0x01
+  await ctx.redis.set(ctx.keys.merchantTokens('m_c'), altered, 'KEEPTTL')
+  await t.rejects(ctx.store.get('m_c'), KeyRingError, 'an altered ciphertext: KeyRingError')
+  // m_a's tokens cut short.
+  await ctx.redis.set(ctx.keys.merchantTokens('m_a'), aBlob.subarray(0, aBlob.length - 40), 'KEEPTTL')
+  await t.rejects(ctx.store.get('m_a'), KeyRingError, 'a truncated ciphertext: KeyRingError')
+  const blobForms = [aBlob, cBlob].flatMap(b => [b.toString('base64'), b.toString('base64url'), b.toString('hex')])
 
   const calls: Array<[string, string]> = [
     ['GET', '/internal/v1/merchants/m_b/access-token'],
@@ -196,16 +202,16 @@ t.test('a ciphertext moved to another merchant or field does not decrypt; the AP
     const body = res.json<{ error: { code: string, message: string } }>()
     t.type(body.error.code, 'string', `${method} ${url}: the JSON error shape`)
     const haystack = `${res.body}\n${JSON.stringify(res.headers)}`
-    t.same(found(haystack, [...secretsOf(ctx, true), aAccess, aRefresh, cAccess, cRefresh]), [], `${method} ${url}: no token, ciphertext or secret in the answer`)
+    t.same(found(haystack, [...secretsOf(ctx, true), ...blobForms]), [], `${method} ${url}: no token, ciphertext or secret in the answer`)
     t.notMatch(res.body, /decrypt|KeyRing|aes|authentication failed/i, `${method} ${url}: no internals in the answer`)
   }
   t.equal(ctx.sim.control.stats().refreshes, 0, 'nothing was refreshed with an undecryptable record')
 })
 
-const kidOf = (blob: string | null): string => String(blob).split('.')[1]
-/** The key ids of a merchant's two encrypted fields, as stored. */
-async function kids (ctx: Ctx, merchantId: string): Promise<string[]> {
-  return (await ctx.redis.hmget(ctx.keys.merchant(merchantId), 'access_token_enc', 'refresh_token_enc')).map(kidOf)
+/** The key id of a merchant's encrypted tokens, as stored. */
+async function storedKid (ctx: Ctx, merchantId: string): Promise<string> {
+  const blob = await ctx.redis.getBuffer(ctx.keys.merchantTokens(merchantId))
+  return blob === null ? '(none)' : kidOf(blob)
 }
 const ringOf = (...keys: Array<[string, string]>): ReturnType<typeof createKeyRing> => createKeyRing(keys.map(([kid, key]) => ({ kid, key: Buffer.from(key, 'base64') })))
 
@@ -223,7 +229,7 @@ t.test('key rotation: `new,old` reads records under old without rewriting them; 
     const r = await before.store.get(m)
     if (r === undefined) throw new Error(`${m} not stored`)
     written.set(m, r)
-    t.same(await kids(before, m), ['old', 'old'], `${m} under old`)
+    t.equal(await storedKid(before, m), 'old', `${m} under old`)
   }
 
   const after = await setup(t, { with: before, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
@@ -241,18 +247,18 @@ t.test('key rotation: `new,old` reads records under old without rewriting them; 
   // An old-config replica still reads every one of them: nothing was rewritten under new.
   const oldOnly = createTokenStore(after.redis, ringOf(['old', oldKey]), after.keys)
   for (const m of olds) {
-    t.same(await kids(after, m), ['old', 'old'], `${m}: reads left it under old`)
+    t.equal(await storedKid(after, m), 'old', `${m}: reads left it under old`)
     t.equal(await after.store.version(m), written.get(m)?.version, `${m}: reads did not write`)
     t.ok((await oldOnly.get(m))?.refreshToken === written.get(m)?.refreshToken, `${m}: readable with old alone`)
   }
 
   const refresh = await after.b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_r1/refresh', headers: after.b.auth })
   t.equal(refresh.statusCode, 200, 'forced refresh under the new ring')
-  t.same(await kids(after, 'm_r1'), ['new', 'new'], 'a refresh writes under new')
+  t.equal(await storedKid(after, 'm_r1'), 'new', 'a refresh writes under new')
   t.equal((await onboard(after, 'm_r4')).statusCode, 200, 'onboard under the new ring')
-  t.same(await kids(after, 'm_r4'), ['new', 'new'], 'an onboarding writes under new')
+  t.equal(await storedKid(after, 'm_r4'), 'new', 'an onboarding writes under new')
   for (const m of ['m_r2', 'm_r3', 'm_r5']) {
-    t.same(await kids(after, m), ['old', 'old'], `${m}: still under old before rotate-keys`)
+    t.equal(await storedKid(after, m), 'old', `${m}: still under old before rotate-keys`)
     t.equal(await after.store.version(m), written.get(m)?.version)
   }
 
@@ -283,11 +289,12 @@ t.test('key rotation: a replica without the key of a record answers 500 encrypti
   const newKey = randomBytes(32).toString('base64')
   const stale = await setup(t, { env: { TOKEN_ENCRYPTION_KEYS: `old:${oldKey}` } })
   for (const m of ['m_k1', 'm_k2']) t.equal((await onboard(stale, m)).statusCode, 200, `onboard ${m} under old`)
-  const k1Ciphertexts = await stale.redis.hmget(stale.keys.merchant('m_k1'), 'access_token_enc', 'refresh_token_enc')
+  const k1Blob = await stale.redis.getBuffer(stale.keys.merchantTokens('m_k1')) ?? Buffer.alloc(0)
+  const k1Ciphertexts = [k1Blob.toString('base64'), k1Blob.toString('base64url'), k1Blob.toString('hex')]
   // A replica that put new first while this one was never given it (phase 1 skipped).
   const ahead = await setup(t, { with: stale, env: { TOKEN_ENCRYPTION_KEYS: `new:${newKey},old:${oldKey}` } })
   t.equal((await ahead.b.app.inject({ method: 'POST', url: '/internal/v1/merchants/m_k1/refresh', headers: ahead.b.auth })).statusCode, 200)
-  t.same(await kids(ahead, 'm_k1'), ['new', 'new'])
+  t.equal(await storedKid(ahead, 'm_k1'), 'new')
   // The change message drops m_k1 from the stale replica's cache.
   t.ok(await until(() => stale.b.app.tokenService.peekAccessToken('m_k1') === undefined, 5000), 'the stale replica forgot its cached m_k1')
 
@@ -299,7 +306,7 @@ t.test('key rotation: a replica without the key of a record answers 500 encrypti
     t.equal(res.statusCode, 500, `${method} ${url}: 500`)
     t.equal(res.json<{ error: { code: string } }>().error.code, 'encryption_key_unavailable', `${method} ${url}: its own code`)
     const haystack = `${res.body}\n${JSON.stringify(res.headers)}`
-    t.same(found(haystack, [...secretsOf(stale, true), ...secretsOf(ahead, true), ...k1Ciphertexts.map(String), oldKey, newKey]), [], `${method} ${url}: no token, ciphertext or key in the answer`)
+    t.same(found(haystack, [...secretsOf(stale, true), ...secretsOf(ahead, true), ...k1Ciphertexts, oldKey, newKey]), [], `${method} ${url}: no token, ciphertext or key in the answer`)
     t.equal(await counted(), i + 1, 'counted in cybs_encryption_key_unavailable_total')
   }
   const metrics = await stale.b.app.inject({ url: '/metrics' })

@@ -1,8 +1,8 @@
 // The token service across replicas: three app instances on one Redis and one simulator, with a
 // shared movable clock. Single flight (one refresh per merchant across replicas, blocking and in
 // the background), a lock holder that died, shutdown mid-refresh, a stale writer, and cache
-// invalidation. The simulator rotates refresh tokens, so a second concurrent refresh or a lost
-// refresh token shows up as a rejected grant.
+// invalidation, bounded and revalidated after a subscriber reconnect. The simulator rotates refresh
+// tokens, so a second concurrent refresh or a lost refresh token shows up as a rejected grant.
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { build, onboard, secrets, startSimulator, type Built, until } from '../helper.js'
@@ -26,18 +26,20 @@ interface Cluster {
   redis: Redis
   store: TokenStore
   prefix: string
+  /** The Redis server's URL (for a MONITOR connection). */
+  url: string
   lookup: (replica: Built, mid: string) => Promise<{ statusCode: number, body: string, json: () => any }>
   stored: (mid: string) => Promise<MerchantRecord>
 }
 
-async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = {}): Promise<Cluster> {
+async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = {}, env: Record<string, string> = {}): Promise<Cluster> {
   let offset = 0
   const now = (): number => Date.now() + offset
   const redisServer = await startRedis(t)
   const s = secrets()
   const sim = await startSimulator(t, { clientSecret: s.clientSecret, now, rotateRefreshTokens: true, ...simOptions })
   const replicas: Built[] = []
-  for (let i = 0; i < n; i++) replicas.push(await build(t, { redis: redisServer, simulator: sim, secrets: s, now }))
+  for (let i = 0; i < n; i++) replicas.push(await build(t, { redis: redisServer, simulator: sim, secrets: s, now, env }))
   const redis = new Redis(redisServer.url, { maxRetriesPerRequest: 1 })
   redis.on('error', () => {})
   t.teardown(() => redis.disconnect())
@@ -51,6 +53,7 @@ async function cluster (t: Test, n = 3, simOptions: Partial<SimulatorOptions> = 
     redis,
     store,
     prefix: config.redisKeyPrefix,
+    url: redisServer.url,
     lookup: async (replica, mid) => await replica.app.inject({ url: `/internal/v1/merchants/${mid}/access-token`, headers: replica.auth }),
     async stored (mid) {
       const r = await store.get(mid)
@@ -65,6 +68,30 @@ function said (res: { statusCode: number, body: string }): string {
   let code: unknown
   try { code = (JSON.parse(res.body) as { error?: { code?: unknown } }).error?.code } catch {}
   return typeof code === 'string' ? `${res.statusCode} ${code}` : String(res.statusCode)
+}
+
+/**
+ * The commands Redis runs on the keys of the given merchants (their hash tag) while `fn` runs, as
+ * MONITOR sees them: the replicas' reads, whatever the record's layout.
+ */
+async function commandsOn (t: Test, c: Cluster, mids: string[], fn: () => Promise<void>): Promise<string[]> {
+  const client = new Redis(c.url)
+  const monitor = await client.monitor()
+  t.teardown(() => { monitor.disconnect(); client.disconnect() })
+  const seen: string[][] = []
+  monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args) })
+  // MONITOR shows commands in the order Redis runs them: a marker seen means all before it were.
+  const mark = async (label: string): Promise<void> => {
+    const marker = `${label}-${Math.random()}`
+    await c.redis.echo(marker)
+    if (!await until(() => seen.some(a => a[1] === marker), 5000)) throw new Error('MONITOR did not see the marker')
+  }
+  await mark('start')
+  const from = seen.length
+  await fn()
+  await mark('end')
+  const tags = mids.map(m => `{${m}}`)
+  return seen.slice(from).filter(a => a.slice(1).some(arg => tags.some(tag => arg.includes(tag)))).map(a => `${a[0]} ${a[1]}`)
 }
 
 const refreshRequests = (c: Cluster): number => c.sim.control.requests().filter(r => r.form.grant_type === 'refresh_token').length
@@ -430,18 +457,21 @@ t.test('a lookup that waited on another replica\'s refresh re-checks what it fin
   })
 })
 
-t.test('the in-process cache is dropped when the subscriber reconnects', async t => {
+t.test('the in-process cache is revalidated when the subscriber reconnects: changed entries dropped, the others kept', async t => {
   const c = await cluster(t, 2)
   const [a, b] = c.replicas
   await connect(t, c, 'm_sub_deleted', a)
   await connect(t, c, 'm_sub_refreshed', a)
+  await connect(t, c, 'm_sub_kept', a)
   const deletedToken = await warm(t, c, 'm_sub_deleted')
   const oldToken = await warm(t, c, 'm_sub_refreshed')
+  const keptToken = await warm(t, c, 'm_sub_kept')
+  t.equal(b.app.tokenService.cacheSize(), 3, 'B caches the three merchants')
   const channel = `${c.prefix}events`
   const subscribers = async (): Promise<number> => Number((await c.redis.pubsub('NUMSUB', channel) as [string, number])[1])
   t.equal(await subscribers(), 2, 'both replicas are subscribed')
 
-  // Drop every pub/sub connection, then change both merchants through A before they are back
+  // Drop every pub/sub connection, then change two merchants through A before they are back
   // (ioredis waits at least 100 ms before reconnecting).
   await c.redis.client('KILL', 'TYPE', 'pubsub')
   const del = await a.app.inject({ method: 'DELETE', url: '/internal/v1/merchants/m_sub_deleted', headers: a.auth })
@@ -451,6 +481,17 @@ t.test('the in-process cache is dropped when the subscriber reconnects', async t
   // Subscriptions only come back, so none now means none when the changes were published.
   t.equal(await subscribers(), 0, 'the changes were published while no subscriber listened')
   t.ok(await until(async () => await subscribers() === 2, 10_000), 'both subscribers are back')
+  // Entries stay servable while they are checked; once checked, only the unchanged one is left.
+  t.ok(await until(() => b.app.tokenService.cacheSize() === 1, 5000), `B dropped the two changed entries (${b.app.tokenService.cacheSize()} left)`)
+
+  const keptReads = await commandsOn(t, c, ['m_sub_kept'], async () => {
+    for (let i = 0; i < 3; i++) {
+      const kept = await c.lookup(b, 'm_sub_kept')
+      t.equal(kept.statusCode, 200)
+      t.equal(kept.json().access_token, keptToken, 'the unchanged merchant is served its token')
+    }
+  })
+  t.same(keptReads, [], 'from memory: no command on its keys')
 
   const gone = await c.lookup(b, 'm_sub_deleted')
   t.equal(gone.statusCode, 404, `B does not serve the deleted merchant from its cache (got ${gone.statusCode})`)
@@ -462,6 +503,52 @@ t.test('the in-process cache is dropped when the subscriber reconnects', async t
   t.not(stored.accessToken, oldToken)
   t.equal(fresh.json().access_token, stored.accessToken, 'B serves the token refreshed while it was away, not its cached one')
   t.equal(c.sim.control.stats().refreshes, 1)
+})
+
+t.test('TOKEN_CACHE_MAX_ENTRIES: the least recently used merchant goes; its next lookup reads Redis and works', async t => {
+  const c = await cluster(t, 1, {}, { TOKEN_CACHE_MAX_ENTRIES: '2' })
+  const [a] = c.replicas
+  const mids = ['m_lru_1', 'm_lru_2', 'm_lru_3']
+  for (const m of mids) await connect(t, c, m, a)
+  for (const m of mids) {
+    t.equal((await c.lookup(a, m)).statusCode, 200)
+    t.ok(a.app.tokenService.cacheSize() <= 2, `never more than 2 cached (${a.app.tokenService.cacheSize()})`)
+  }
+  const stored = new Map<string, string>()
+  for (const m of mids) stored.set(m, (await c.stored(m)).accessToken)
+  // m_lru_1 went when m_lru_3 came; m_lru_2 is used again, so m_lru_3 is now the least recent.
+  const cached = await commandsOn(t, c, mids, async () => {
+    for (const m of ['m_lru_3', 'm_lru_2']) t.equal((await c.lookup(a, m)).json().access_token, stored.get(m))
+  })
+  t.same(cached, [], 'the two cached merchants: no command on their keys')
+  const evicted = await commandsOn(t, c, ['m_lru_1'], async () => {
+    const res = await c.lookup(a, 'm_lru_1')
+    t.equal(res.statusCode, 200, said(res))
+    t.equal(res.json().access_token, stored.get('m_lru_1'), 'the evicted merchant is served its stored token')
+  })
+  t.ok(evicted.length > 0, `its lookup read Redis (${evicted.join(', ')})`)
+  t.equal(a.app.tokenService.cacheSize(), 2)
+  const after = await commandsOn(t, c, mids, async () => {
+    for (const m of ['m_lru_1', 'm_lru_2']) t.equal((await c.lookup(a, m)).json().access_token, stored.get(m))
+  })
+  t.same(after, [], 'cached now, beside the other most recent one')
+  t.ok((await commandsOn(t, c, ['m_lru_3'], async () => { t.equal((await c.lookup(a, 'm_lru_3')).statusCode, 200) })).length > 0, 'the least recent one went')
+  t.equal(c.sim.control.stats().refreshes, 0, 'no refresh along the way')
+})
+
+t.test('TOKEN_CACHE_MAX_ENTRIES=0: 300 lookups over 3 replicas at expiry still make one refresh', async t => {
+  const c = await cluster(t, 3, {}, { TOKEN_CACHE_MAX_ENTRIES: '0' })
+  await connect(t, c, 'm_nocache')
+  const old = await warm(t, c, 'm_nocache')
+  for (const r of c.replicas) t.equal(r.app.tokenService.cacheSize(), 0, 'nothing cached')
+  c.advance(NEARLY_EXPIRED_MS)
+  const answers = await storm(c, 'm_nocache', 300)
+  const token = assertAll200SameToken(t, answers, '300 lookups')
+  t.not(token, old, 'a new token')
+  t.equal(refreshRequests(c), 1, 'exactly one refresh request')
+  t.equal((await c.stored('m_nocache')).accessToken, token)
+  t.equal(assertAll200SameToken(t, await storm(c, 'm_nocache', 30), 'after'), token)
+  t.equal(refreshRequests(c), 1)
 })
 
 t.test('a forced refresh while a due background refresh of the same merchant is in flight', async t => {

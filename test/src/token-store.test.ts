@@ -1,12 +1,14 @@
-// The token store against a private Redis: encrypted round trip, compare-and-set versions, record
-// TTL, reauthorization marking, delete, and SCAN-based pagination.
+// The token store against a private Redis: encrypted round trip and the Redis layout (metadata
+// hash, binary tokens key), compare-and-set versions, TTL of every key, reauthorization marking,
+// delete, and SCAN-based pagination reading metadata only.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
-import { createKeyRing } from '../../src/key-ring.js'
+import { createKeyRing, KeyRingError } from '../../src/key-ring.js'
+import { META_FIELDS, decodeTokens } from '../../src/record-codec.js'
 import { createTokenStore, RECORD_GRACE_MS, type TokenStore } from '../../src/token-store.js'
 import { InvalidRequestError, StorageUnavailableError } from '../../src/errors.js'
 import { HOUR, newRecord } from '../helpers/records.js'
@@ -52,14 +54,21 @@ t.test('put and get: encrypted round trip', async t => {
   await store.put(nullRefresh)
   t.equal((await store.get('m_null'))?.lastRefreshedAt, null, 'lastRefreshedAt null survives')
 
-  t.same(await scanKeys(redis).then(k => k.sort()), [keys.merchant('m_1'), keys.merchant('m_null')], 'one key per merchant, under the prefix')
+  t.same(await scanKeys(redis).then(k => k.sort()), [keys.merchant('m_1'), keys.merchantTokens('m_1'), keys.merchant('m_null'), keys.merchantTokens('m_null'), keys.merchantCounts()].sort(),
+    'a metadata hash and a tokens key per merchant, and the counters, under the prefix')
   const hash = await redis.hgetall(keys.merchant('m_1'))
-  const dump = JSON.stringify(hash)
+  t.same(Object.keys(hash).sort(), [...META_FIELDS].sort(), 'the hash holds the metadata only')
+  t.equal(await redis.call('OBJECT', 'ENCODING', keys.merchant('m_1')), 'listpack', 'in Redis\'s compact encoding')
+  const blob = await redis.getBuffer(keys.merchantTokens('m_1'))
+  if (blob === null) throw new Error('no tokens key')
   for (const secret of [r.accessToken, r.refreshToken, r.accessToken.split('.')[1], r.refreshToken.split('.')[2]]) {
-    t.notOk(dump.includes(secret), 'no token or token segment in plaintext')
+    t.notOk(JSON.stringify(hash).includes(secret) || blob.includes(secret) || blob.toString('latin1').includes(secret), 'no token or token segment in plaintext')
   }
-  t.equal(ring.decrypt(hash.access_token_enc, 'm_1', 'access_token'), r.accessToken, 'access_token_enc is the key ring envelope')
-  t.equal(ring.decrypt(hash.refresh_token_enc, 'm_1', 'refresh_token'), r.refreshToken)
+  const raw = r.accessToken.length + r.refreshToken.length
+  // Binary ciphertext: the tokens, their split, the key id, one IV and one tag (base64 would add a third).
+  t.ok(blob.length <= raw + 64, `the tokens key holds ${blob.length} bytes for ${raw} bytes of tokens`)
+  t.same(decodeTokens(ring, 'm_1', blob), { accessToken: r.accessToken, refreshToken: r.refreshToken }, 'the tokens key is the key ring\'s envelope, as bytes')
+  t.throws(() => decodeTokens(ring, 'm_null', blob), KeyRingError, 'bound to its merchant')
 })
 
 t.test('put with an expected version and grant is compare-and-set', async t => {
@@ -103,14 +112,18 @@ t.test('the record lives until the refresh token expires plus RECORD_GRACE_MS', 
     const expiresAt = Date.now() + lifetime
     await store.put(record('m_ttl', { refreshTokenExpiresAt: expiresAt }))
     const before = Date.now()
-    const pttl = await redis.pttl(keys.merchant('m_ttl'))
-    // Redis and Node clocks round differently: a few ms of slack above, seconds below.
-    const expected = expiresAt + RECORD_GRACE_MS - before
-    t.ok(pttl <= expected + 5 && pttl > expected - 5000, `refresh token ${lifetime / HOUR} h: PTTL ${pttl} ≈ ${expected}`)
+    for (const key of [keys.merchant('m_ttl'), keys.merchantTokens('m_ttl')]) {
+      const pttl = await redis.pttl(key)
+      // Redis and Node clocks round differently: a few ms of slack above, seconds below.
+      const expected = expiresAt + RECORD_GRACE_MS - before
+      t.ok(pttl <= expected + 5 && pttl > expected - 5000, `${key}, refresh token ${lifetime / HOUR} h: PTTL ${pttl} ≈ ${expected}`)
+    }
+    t.equal(await redis.call('PEXPIRETIME', keys.merchant('m_ttl')), await redis.call('PEXPIRETIME', keys.merchantTokens('m_ttl')), 'both keys expire at the same instant')
   }
   const meta = await store.getMeta('m_ttl')
   t.equal(await store.markReauthorizationRequired('m_ttl', { version: 3, grant: meta?.grant ?? '' }), 4)
   t.ok(await redis.pttl(keys.merchant('m_ttl')) > 0, 'marking keeps the expiry')
+  t.ok(await redis.pttl(keys.merchantTokens('m_ttl')) > 0, 'of both keys')
 })
 
 t.test('markReauthorizationRequired is compare-and-set and keeps the tokens', async t => {
@@ -141,13 +154,17 @@ t.test('delete removes the record and the lock key', async t => {
   await redis.set(keys.lock('m_keep'), 'owner', 'PX', 60_000)
   t.equal(await store.delete('m_del'), true)
   t.equal(await redis.exists(keys.merchant('m_del')), 0, 'record gone')
+  t.equal(await redis.exists(keys.merchantTokens('m_del')), 0, 'tokens gone')
   t.equal(await redis.exists(keys.lock('m_del')), 0, 'lock gone')
   t.equal(await store.get('m_del'), undefined)
   t.equal(await store.delete('m_del'), false, 'second delete: false')
   t.equal(await store.delete('m_never'), false, 'unknown merchant: false')
-  t.equal(await redis.exists(keys.merchant('m_keep')), 1, 'other merchant untouched')
+  t.equal(await redis.exists(keys.merchant('m_keep'), keys.merchantTokens('m_keep')), 2, 'other merchant untouched')
   t.equal(await redis.exists(keys.lock('m_keep')), 1, 'other lock untouched')
   t.same((await scanKeys(redis)).filter(k => k.includes('m_del')), [], 'no key of the deleted merchant is left')
+  t.same(await store.countByStatus(), { connected: 1, reauthorization_required: 0 }, 'and it is no longer counted')
+  t.equal(await store.delete('m_keep'), true)
+  t.same(await scanKeys(redis), [], 'the last delete leaves no key at all (counters at zero are removed)')
 })
 
 t.test('list pages through 250 merchants, each exactly once', async t => {
@@ -184,6 +201,21 @@ t.test('list pages through 250 merchants, each exactly once', async t => {
     t.same([...seen].sort(), ids, `limit ${limit}: every merchant exactly once`)
     t.ok(pages >= Math.ceil(250 / limit), `limit ${limit}: ${pages} pages`)
   }
+  // A page reads each merchant's metadata hash and nothing else: no tokens key, no script.
+  const stat = async (): Promise<{ out: number, calls: (cmd: string) => number }> => {
+    const info = await redis.info('all')
+    return {
+      out: Number(/^total_net_output_bytes:(\d+)/m.exec(info)?.[1]),
+      calls: (cmd) => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0)
+    }
+  }
+  const s0 = await stat()
+  t.equal((await store.list(250)).items.length, 250)
+  const s1 = await stat()
+  for (const cmd of ['get', 'getrange', 'evalsha', 'eval', 'hgetall']) t.equal(s1.calls(cmd), s0.calls(cmd), `listing calls no ${cmd.toUpperCase()}`)
+  const perMerchant = (s1.out - s0.out) / 250
+  t.ok(perMerchant <= 1200, `listing read ${Math.round(perMerchant)} bytes per merchant (an INFO reply included)`)
+
   const first = await store.list(100)
   t.equal(first.items.length, 100, 'a full first page')
   t.type(first.nextCursor, 'string', 'with a cursor')

@@ -216,7 +216,7 @@ t.test('rejections', async t => {
   t.test('faults that look like rejections', async t => {
     const sim = await startSim(t)
     const c = client(t, sim.tokenUrl)
-    for (const [fault, oauthError, status] of [['invalid_grant', 'invalid_grant', 400], ['invalid_client', 'invalid_client', 400], ['error_500_oauth', 'server_error', 500]] as const) {
+    for (const [fault, oauthError, status] of [['invalid_grant', 'invalid_grant', 500], ['invalid_client', 'invalid_client', 500], ['error_500_oauth', 'server_error', 500]] as const) {
       sim.control.setBehavior({ fault })
       const e = await failure(t, c.exchangeCode(sim.code()), 'rejected')
       t.equal(e.oauthError, oauthError, fault)

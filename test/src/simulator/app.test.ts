@@ -198,7 +198,7 @@ t.test('a code is single use', async t => {
   const code = sim.control.issueCode('m1')
   t.equal((await exchange(sim, code)).res.statusCode, 200)
   const again = await exchange(sim, code)
-  t.equal(again.res.statusCode, 400)
+  t.equal(again.res.statusCode, 500)
   t.same(Object.keys(again.body), ['error', 'error_description'])
   t.match(again.body, { error: 'invalid_grant', error_description: String })
   t.equal(again.res.headers['cache-control'], 'no-store')
@@ -251,7 +251,7 @@ t.test('refresh: new access token, same refresh token, expiry reset', async t =>
   t.equal((await refresh(sim, rt)).res.statusCode, 200, 'the expiry was reset by the previous refresh')
   sim.clock.ms += 100_000
   const expired = await refresh(sim, rt)
-  t.equal(expired.res.statusCode, 400)
+  t.equal(expired.res.statusCode, 500, 'OAuth errors are answered with 500, as CyberSource documents')
   t.equal(expired.body.error, 'invalid_grant')
   t.same(sim.control.stats(), { exchanges: 1, refreshes: 2, failures: 1 })
 })
@@ -280,7 +280,7 @@ t.test('revokeRefreshTokens', async t => {
 })
 
 t.test('client authentication and request validation', async t => {
-  const sim = build(t, { oauthErrorStatus: 500 })
+  const sim = build(t)
   const code = sim.control.issueCode('m1')
   const base = { client_id: CLIENT_ID, client_secret: CLIENT_SECRET }
   const cases: Array<[string, Record<string, string>, string]> = [
@@ -309,6 +309,26 @@ t.test('client authentication and request validation', async t => {
   t.same(sim.control.stats(), { exchanges: 1, refreshes: 0, failures: 11 })
 })
 
+t.test('oauthErrorStatus: 400 keeps the RFC 6749 status for every OAuth error', async t => {
+  const sim = build(t, { oauthErrorStatus: 400 })
+  const base = { client_id: CLIENT_ID, client_secret: CLIENT_SECRET }
+  const cases: Array<[string, Record<string, string>, string]> = [
+    ['wrong secret', { ...base, client_secret: 'wrong', grant_type: 'authorization_code', code: 'x' }, 'invalid_client'],
+    ['missing grant_type', base, 'invalid_request'],
+    ['unsupported grant', { ...base, grant_type: 'client_credentials' }, 'unsupported_grant_type'],
+    ['unknown code', { ...base, grant_type: 'authorization_code', code: 'nope' }, 'invalid_grant']
+  ]
+  for (const [name, fields, error] of cases) {
+    const { res, body } = await token(sim, fields)
+    t.equal(res.statusCode, 400, name)
+    t.equal(body.error, error, name)
+  }
+  sim.control.setBehavior({ fault: 'invalid_grant' })
+  t.equal((await exchange(sim, sim.control.issueCode('m1'))).res.statusCode, 400, 'the invalid_grant fault too')
+  sim.control.setBehavior({ fault: 'error_500_oauth' })
+  t.equal((await exchange(sim, sim.control.issueCode('m1'))).res.statusCode, 500, 'server_error stays a 500')
+})
+
 async function admin (sim: Simulator, url: string, payload?: unknown) {
   return await sim.app.inject({ method: payload === undefined ? 'GET' : 'POST', url, ...(payload === undefined ? {} : { payload: payload as object }) })
 }
@@ -316,8 +336,8 @@ async function admin (sim: Simulator, url: string, payload?: unknown) {
 t.test('faults set through the admin API', async t => {
   const sim = build(t)
   const expectations: Record<string, (r: Awaited<ReturnType<typeof token>>) => void> = {
-    invalid_grant: ({ res, body }) => { t.equal(res.statusCode, 400); t.equal(body.error, 'invalid_grant') },
-    invalid_client: ({ res, body }) => { t.equal(res.statusCode, 400); t.equal(body.error, 'invalid_client') },
+    invalid_grant: ({ res, body }) => { t.equal(res.statusCode, 500); t.equal(body.error, 'invalid_grant') },
+    invalid_client: ({ res, body }) => { t.equal(res.statusCode, 500); t.equal(body.error, 'invalid_client') },
     error_500_oauth: ({ res, body }) => { t.equal(res.statusCode, 500); t.equal(body.error, 'server_error') },
     error_500_empty: ({ res }) => { t.equal(res.statusCode, 500); t.equal(res.body, '') },
     error_502_html: ({ res }) => { t.equal(res.statusCode, 502); t.match(res.headers['content-type'], /^text\/html/); t.match(res.body, 'Bad Gateway') },
