@@ -11,7 +11,7 @@
 // TRUST_PROXY lets Fastify read it, never an X-Forwarded-For entry that no trusted proxy wrote.
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { RateLimitedError } from '../src/errors.js'
 import { bucketOf } from '../src/client-bucket.js'
 import { createStateQuota } from '../src/state-quota.js'
@@ -20,6 +20,15 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route starts an onboarding (a new state): rate-limited and capped as such. */
     startsOnboarding?: boolean
+    /**
+     * The route calls admitStart itself once it knows it will start one (an onboarding link: not
+     * for an unknown, expired or connected link, which must not use up the cap).
+     */
+    admitsStartItself?: boolean
+  }
+  interface FastifyInstance {
+    /** Counts a start against the state caps; throws RateLimitedError (429, Retry-After) when over. */
+    admitStart: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
 
@@ -45,12 +54,15 @@ export default fp(async (scope) => {
   })
   // preHandler: after the rate limit and validation, so only a request that would really start a
   // state is counted.
-  scope.addHook('preHandler', async (request, reply) => {
-    if (!startsOnboarding(request)) return
+  const admitStart = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const admission = await quota.admit(bucketOf(request.ip))
     if (admission.ok) return
     scope.metrics.statesRefused.inc({ scope: admission.scope })
     reply.header('retry-after', admission.retryAfterSeconds)
     throw new RateLimitedError()
+  }
+  scope.decorate('admitStart', admitStart)
+  scope.addHook('preHandler', async (request, reply) => {
+    if (startsOnboarding(request) && request.routeOptions.config.admitsStartItself !== true) await admitStart(request, reply)
   })
 }, { name: 'browser-rate-limit', dependencies: ['config', 'redis', 'metrics'] })

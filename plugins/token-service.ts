@@ -40,5 +40,8 @@ export default fp(async (app) => {
   app.decorate('tokenService', service)
   // Started without waiting: a Redis that is down at boot must not block the service.
   service.start().catch((err: unknown) => app.log.warn({ err }, 'token change subscription failed; relying on polling'))
-  app.addHook('preClose', async () => { await service.close() })
+  // onClose, not preClose: after the server stopped taking requests and keep-alive stopped (both
+  // in preClose), so no refresh starts after this waits; before Redis, the client and the event
+  // log close (their onClose hooks run after this one, being registered before it).
+  app.addHook('onClose', async () => { await service.close() })
 }, { name: 'token-service', dependencies: ['config', 'redis', 'stores', 'cybersource', 'metrics', 'events'] })

@@ -49,7 +49,7 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_MAX: Type.Integer({ minimum: 1, default: 120 }),
   RATE_LIMIT_WINDOW_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 60 }),
   INTERNAL_API_DOCS: Type.Boolean({ default: true }),
-  AUDIT_SUMMARY_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 10 }),
+  AUDIT_SUMMARY_SECONDS: Type.Integer({ minimum: 0, maximum: 10, default: 10 }),
   SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 20000 }),
   TRUST_PROXY: Str({ default: 'false', maxLength: 2048 }),
   INTERNAL_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),

@@ -18,11 +18,21 @@ export const MIGRATION_DONE = 'done'
 
 // KEYS[1] lock, KEYS[2] marker; ARGV: owner, marker value, lock ttl ms (0: release). Saves the
 // position only while the lock is still this replica's.
+// The marker of a finished run expires after ARGV[4] ms: the scan then runs again (a sweep that
+// mends entries a failed schedule write left out).
 const ADVANCE = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[3] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 return 1`
+
+/** How long a finished scan stands before the next one. */
+export const SWEEP_EVERY_MS = 7 * 24 * 3600_000
 
 export interface ScheduleMigrationOptions {
   redis: RedisClient
@@ -43,7 +53,7 @@ export interface MigrationResult {
   added: number
 }
 
-interface Commands { cybsKeepAliveAdvance: (lock: string, marker: string, owner: string, value: string, ttl: number) => Promise<number> }
+interface Commands { cybsKeepAliveAdvance: (lock: string, marker: string, owner: string, value: string, ttl: number, sweepMs: number) => Promise<number> }
 
 export async function migrateSchedule (opts: ScheduleMigrationOptions): Promise<MigrationResult> {
   const { redis, keys, store, schedule } = opts
@@ -70,7 +80,7 @@ export async function migrateSchedule (opts: ScheduleMigrationOptions): Promise<
       .filter(m => m !== undefined && effectiveStatus(m, t).status === 'connected')
       .map(m => [m!.merchantId, schedule.dueAt(m!.refreshTokenExpiresAt)]))
     const value = next === null ? MIGRATION_DONE : formatCursor(next)
-    if (await storageCall(async () => await cmd.cybsKeepAliveAdvance(lock, marker, owner, value, next === null ? 0 : lockMs)) !== 1) {
+    if (await storageCall(async () => await cmd.cybsKeepAliveAdvance(lock, marker, owner, value, next === null ? 0 : lockMs, SWEEP_EVERY_MS)) !== 1) {
       return { state: 'busy', added }
     }
     at = next
@@ -81,9 +91,10 @@ export async function migrateSchedule (opts: ScheduleMigrationOptions): Promise<
 
 /**
  * Runs the migration in the background until it is done, trying again every `retryMs` while
- * another replica holds it or Redis is away. stop() waits for a batch under way.
+ * another replica holds it or Redis is away, then looks every `recheckMs` (an hour) whether the
+ * weekly sweep is due. stop() waits for a batch under way.
  */
-export function startScheduleMigration (opts: ScheduleMigrationOptions & { retryMs?: number }): { stop: () => Promise<void>, done: () => boolean } {
+export function startScheduleMigration (opts: ScheduleMigrationOptions & { retryMs?: number, recheckMs?: number }): { stop: () => Promise<void>, done: () => boolean } {
   let stopped = false
   let finished = false
   let timer: NodeJS.Timeout | undefined
@@ -93,8 +104,8 @@ export function startScheduleMigration (opts: ScheduleMigrationOptions & { retry
       opts.log.warn({ err }, 'keep-alive: scheduling stored merchants failed; retrying')
     }).finally(() => {
       running = undefined
-      if (!finished && !stopped) {
-        timer = setTimeout(attempt, opts.retryMs ?? 60_000)
+      if (!stopped) {
+        timer = setTimeout(attempt, finished ? opts.recheckMs ?? 3600_000 : opts.retryMs ?? 60_000)
         timer.unref()
       }
     })

@@ -98,6 +98,8 @@ export interface KeepAliveSchedule {
   dueAt: (refreshTokenExpiresAt: number) => number
   /** Schedules (or moves) a merchant. */
   add: (merchantId: string, dueAt: number) => Promise<void>
+  /** Adds the merchant, or moves it earlier; never later (ZADD LT). */
+  addEarlier: (merchantId: string, dueAt: number) => Promise<void>
   /** Schedules merchants that have no entry yet (ZADD NX); returns how many were added. */
   addMissing: (entries: Array<[merchantId: string, dueAt: number]>) => Promise<number>
   /** Unschedules a merchant and forgets its failures. */
@@ -134,6 +136,7 @@ export function createKeepAliveSchedule (redis: Redis | Cluster, keys: RedisKeys
     now,
     dueAt: (expiresAt) => Math.max(now(), expiresAt - renewBeforeMs + Math.floor(random() * (renewBeforeMs / 4))),
     async add (merchantId, dueAt) { await call(async () => await redis.zadd(key, dueAt, merchantId)) },
+    async addEarlier (merchantId, dueAt) { await call(async () => await redis.zadd(key, 'LT', dueAt, merchantId)) },
     async addMissing (entries) {
       if (entries.length === 0) return 0
       return await call(async () => await redis.zadd(key, 'NX', ...entries.flatMap(([id, at]) => [at, id])))
@@ -162,12 +165,12 @@ type WarnLog = Pick<Logger, 'warn'>
 
 /**
  * The token store, keeping the schedule in step. A write schedules the merchant before it is
- * delegated (a crash in between leaves an early entry, which the claimer finds not yet due and
- * reschedules) and again after it landed (so a delete that ran in between cannot leave a stored
+ * delegated, never later than it was (a crash in between leaves an early entry, which the claimer
+ * finds not yet due and reschedules), and again after it landed (so a delete that ran in between cannot leave a stored
  * merchant unscheduled). Unscheduling happens after a delete or a reauthorization, then checks the
  * record again (a new onboarding may have landed meanwhile). Schedule errors never fail a write:
  * tokens CyberSource issued are stored whatever the schedule's slot does; what the schedule then
- * misses, the claimer's re-reads and the start-up migration (src/keep-alive-migration.ts) mend.
+ * misses, the claimer's re-reads and the weekly sweep (src/keep-alive-migration.ts) mend.
  */
 export function withKeepAlive (store: TokenStore, schedule: KeepAliveSchedule, log?: WarnLog): TokenStore {
   const bestEffort = async (merchantId: string, work: () => Promise<unknown>): Promise<void> => {
@@ -202,11 +205,19 @@ export function withKeepAlive (store: TokenStore, schedule: KeepAliveSchedule, l
     async put (record, expected) {
       const id = record.merchantId
       const due = record.status === 'connected' ? schedule.dueAt(record.refreshTokenExpiresAt) : undefined
-      if (due !== undefined) await bestEffort(id, async () => { await schedule.add(id, due) })
-      const version = await store.put(record, expected)
-      if (version === undefined) {
-        // Another writer won (its own entry may be older than ours): schedule from what it wrote.
+      // Before the write, only ever earlier: a write that then fails must not leave the merchant
+      // scheduled by a refresh token that was never stored.
+      if (due !== undefined) await bestEffort(id, async () => { await schedule.addEarlier(id, due) })
+      let version
+      try {
+        version = await store.put(record, expected)
+      } catch (err) {
         await bestEffort(id, async () => { await resync(id) })
+        throw err
+      }
+      if (version === undefined) {
+        // Another writer won, or the merchant was deleted: schedule from what is stored, if anything.
+        await unschedule(id)
       } else if (due !== undefined) {
         await bestEffort(id, async () => { await schedule.add(id, due) })
       } else {

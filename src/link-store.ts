@@ -27,8 +27,11 @@ export interface LinkStore {
   get: (id: string) => Promise<Link | undefined>
   /** A visit of the link's URL: checks its key (constant time) and its life. */
   open: (id: string, key: string) => Promise<LinkOpening>
-  /** Records an onboarding's end; a connected link stays connected. */
-  complete: (id: string, outcome: { merchantId: string } | { reason: string }) => Promise<void>
+  /**
+   * Records an onboarding's end. A connected link stays connected, to its merchant: false when
+   * the outcome was not recorded (another onboarding of the link connected first, or it is gone).
+   */
+  complete: (id: string, outcome: { merchantId: string } | { reason: string }) => Promise<boolean>
 }
 
 const ID_PATTERN = /^onb_[A-Za-z0-9_-]{22}$/
@@ -39,6 +42,7 @@ export const LINK_RETENTION_SECONDS = 30 * 24 * 3600
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest()
 
 // KEYS: link. ARGV: status, merchant id or '', failure reason or '', completed at (ms).
+// Returns 1 when applied; 0 when the link is gone or already connected (it never changes then).
 const COMPLETE = `
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'status') == 'connected' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'failure_reason', ARGV[3], 'completed_at', ARGV[4])
@@ -117,8 +121,8 @@ export function createLinkStore (redis: Redis | Cluster, keys: RedisKeys, opts: 
 
     async complete (id, outcome) {
       const ok = 'merchantId' in outcome
-      await storageCall(async () => await scripted.completeLink(keys.link(id), ok ? 'connected' : 'failed',
-        ok ? outcome.merchantId : '', ok ? '' : outcome.reason, String(now())))
+      return await storageCall(async () => await scripted.completeLink(keys.link(id), ok ? 'connected' : 'failed',
+        ok ? outcome.merchantId : '', ok ? '' : outcome.reason, String(now()))) === 1
     }
   }
 }

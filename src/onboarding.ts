@@ -140,16 +140,23 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
    * will replay it. Best effort: the merchant's tokens are stored already.
    */
   async function settle (state: string, settled: Settled, bound: StateRecord, existed: boolean, log: Log): Promise<void> {
-    const { outcome, linkId } = settled
+    const { outcome } = settled
     let reference: string | null = null
-    try {
-      if (linkId !== undefined) {
-        await opts.linkStore.complete(linkId, outcome.ok ? { merchantId: outcome.merchantId } : { reason: outcome.reason })
-        reference = (await opts.linkStore.get(linkId))?.reference ?? null
+    if (settled.linkId !== undefined) {
+      try {
+        // A link that another onboarding connected first keeps its merchant: this outcome is
+        // not the link's, so neither its redirect nor its event names the link.
+        if (await opts.linkStore.complete(settled.linkId, outcome.ok ? { merchantId: outcome.merchantId } : { reason: outcome.reason })) {
+          reference = (await opts.linkStore.get(settled.linkId))?.reference ?? null
+        } else {
+          log.warn({ onboarding_id: settled.linkId, outcome: outcome.ok ? 'connected' : outcome.reason }, 'onboarding link already completed; this outcome is not recorded on it')
+          settled.linkId = undefined
+        }
+      } catch (err) {
+        log.error({ err, onboarding_id: settled.linkId }, 'could not record the outcome of an onboarding link')
       }
-    } catch (err) {
-      log.error({ err, onboarding_id: linkId }, 'could not record the outcome of an onboarding link')
     }
+    const linkId = settled.linkId
     const data: EventData = { onboarding_id: linkId ?? null, reference }
     if (outcome.ok) opts.events?.emit(existed ? 'merchant.reconnected' : 'merchant.connected', outcome.merchantId, data)
     else opts.events?.emit('onboarding.failed', bound.merchantId ?? null, { ...data, reason: outcome.reason })
@@ -192,11 +199,19 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
       // Another browser than the one that started the onboarding: the state stays for its owner.
       if (consumed.kind === 'browser_mismatch') return result(fail('browser_mismatch'), { bindingMismatch: true })
       const { record, bindingMatched } = consumed
+      // A state of a link that has connected a merchant since it was started: the link is done,
+      // and no second merchant is exchanged through it.
+      if (record.linkId !== undefined && (await opts.linkStore.get(record.linkId))?.status === 'connected') {
+        log.warn({ onboarding_id: record.linkId }, 'callback for an onboarding link that is already connected; nothing exchanged')
+        const refused: Settled = { outcome: fail('invalid_state'), reference }
+        await opts.stateStore.settle(state, refused).catch((err: unknown) => { log.warn({ err }, 'could not keep the callback outcome for a reload') })
+        return result(refused.outcome)
+      }
       const exchanged: CallbackOutcome & { existed?: boolean } = code === undefined || code === '' ? fail('access_denied') : await exchange(code, record, log)
       const { existed = false, ...outcome } = exchanged
       const settled: Settled = { outcome, reference, linkId: record.linkId }
       await settle(state, settled, record, existed, log)
-      return result(outcome, { linkId: record.linkId, bindingMismatch: record.binding !== undefined && !bindingMatched })
+      return result(outcome, { linkId: settled.linkId, bindingMismatch: record.binding !== undefined && !bindingMatched })
     }
   }
 }

@@ -10,11 +10,16 @@ import { LEGACY_FIELDS, META_FIELDS } from './record-codec.js'
 // onboarding), expected grant, new grant, expire-at ms, channel, merchant id, tokens, status,
 // metadata field/value pairs... The hash is rewritten whole: fields of the old layout go.
 const PUT_SCRIPT = `${COUNT_LUA}
-local cur = redis.call('HMGET', KEYS[1], 'version', 'grant', 'status')
+local cur = redis.call('HMGET', KEYS[1], 'version', 'grant', 'status', 'connected_at')
 local grant = ARGV[3]
 if ARGV[1] ~= '' then
   if cur[1] ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return -1 end
   grant = ARGV[2]
+elseif cur[4] then
+  -- A new onboarding never replaces a later one (a slow or retried write of an older exchange).
+  for i = 9, #ARGV - 1, 2 do
+    if ARGV[i] == 'connected_at' and tonumber(cur[4]) > tonumber(ARGV[i + 1]) then return -1 end
+  end
 end
 local was = cur[1] and redis.call('EXISTS', KEYS[2]) == 1 and counted_status(cur[3])
 local now = counted_status(ARGV[8])

@@ -23,6 +23,9 @@ export type { RefreshOutcome } from './refresh-policy.js'
 export { MIN_VALIDITY_MS } from './refresh-policy.js'
 
 /** Hooks for metrics; every member optional. */
+/** A merchant whose refreshes keep failing is reported again after this long. */
+const FAILURE_EVENT_HOLD_MS = 10 * 60_000
+
 export interface TokenServiceEvents {
   refresh?: (outcome: RefreshOutcome, seconds: number) => void
   lockWait?: (seconds: number, outcome: 'updated' | 'acquired' | 'timeout') => void
@@ -83,6 +86,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   const cache = createTokenCache({ now, maxEntries: opts.maxEntries })
   const { isConnected, load, readConnected, servable } = createRecordReads(store, cache, now)
   const inflight = new Map<string, Promise<MerchantRecord>>()
+  /** When each merchant's current failure episode was reported (merchant.refresh_failed). */
+  const failureReported = new Map<string, number>()
   const failedUntil = new Map<string, number>()
   let closing = false
 
@@ -137,6 +142,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       return await servable(merchantId, false) ?? await refreshLocked(merchantId, force, undefined, held)
     }
     events.refresh?.('ok', seconds())
+    failureReported.delete(merchantId)
     opts.lifecycle?.emit('merchant.refreshed', merchantId, {
       access_token_expires_at: new Date(record.accessTokenExpiresAt).toISOString(),
       refresh_token_expires_at: new Date(record.refreshTokenExpiresAt).toISOString()
@@ -165,7 +171,13 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       if (newer !== undefined) return newer
       throw new ReauthorizationRequiredError()
     }
-    opts.lifecycle?.emit('merchant.refresh_failed', merchantId, { reason: failure.outcome })
+    // One event per failure episode (per replica), not per attempt: an outage of CyberSource
+    // would otherwise fill the event log with retries of the same merchants.
+    const reportedAt = failureReported.get(merchantId)
+    if (reportedAt === undefined || now() - reportedAt > FAILURE_EVENT_HOLD_MS) {
+      failureReported.set(merchantId, now())
+      opts.lifecycle?.emit('merchant.refresh_failed', merchantId, { reason: failure.outcome })
+    }
     failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
     throw new UpstreamUnavailableError()
   }
@@ -299,7 +311,10 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
     async delete (merchantId) {
       cache.forget(merchantId)
-      if (!await store.delete(merchantId)) throw new MerchantNotFoundError()
+      const deleted = await store.delete(merchantId)
+      // Again: a read that was under way at the delete may have cached the record meanwhile.
+      cache.forget(merchantId)
+      if (!deleted) throw new MerchantNotFoundError()
       opts.lifecycle?.emit('merchant.disconnected', merchantId, {})
     },
 
@@ -311,7 +326,8 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
 
     async close () {
       closing = true
-      await Promise.allSettled([...inflight.values()])
+      // Refreshes may start while others end (the last requests, keep-alive's last renewals).
+      while (inflight.size > 0) await Promise.allSettled([...inflight.values()])
       cache.stop()
       opts.subscriber.disconnect()
     }

@@ -56,6 +56,7 @@ export function createWebhookWorker (opts: WebhookWorkerOptions): WebhookWorker 
   const running = new Map<string, { abort: AbortController, done: Promise<void> }>()
   let timer: NodeJS.Timeout | undefined
   let polling: Promise<void> | undefined
+  let saturated = false
   let stopped = true
   let redisDown = false
 
@@ -113,8 +114,22 @@ export function createWebhookWorker (opts: WebhookWorkerOptions): WebhookWorker 
     const abort = new AbortController()
     const done = deliver(job, abort)
       .catch((err: Error) => opts.log.error({ err }, 'webhook delivery failed unexpectedly'))
-      .finally(() => running.delete(job.streamId))
+      .finally(() => {
+        running.delete(job.streamId)
+        wake()
+      })
     running.set(job.streamId, { abort, done })
+  }
+
+  /**
+   * A slot freed while every slot was busy at the last claim: claim again now, not a poll
+   * interval later (a burst of events drains at the receiver's pace, not the poll's).
+   */
+  function wake (): void {
+    if (stopped || !saturated || polling !== undefined) return
+    saturated = false
+    if (timer !== undefined) clearTimeout(timer)
+    timer = setTimeout(tick, 0)
   }
 
   async function poll (): Promise<void> {
@@ -136,8 +151,9 @@ export function createWebhookWorker (opts: WebhookWorkerOptions): WebhookWorker 
         redisDown = true
       }
     }
-    // A full claim may have left more due: look again at once.
-    if (!stopped) timer = setTimeout(tick, claimed > 0 && claimed === room ? 0 : pollMs)
+    // A full claim may have left more due: look again as soon as a slot frees (wake).
+    saturated = running.size >= concurrency
+    if (!stopped) timer = setTimeout(tick, claimed > 0 && claimed === room && !saturated ? 0 : pollMs)
   }
 
   function tick (): void {

@@ -12,13 +12,6 @@ import {
 import { CallbackQuerySchema, ConnectQuerySchema, LinkVisitParamsSchema } from '../../src/schemas.js'
 import { StorageUnavailableError } from '../../src/errors.js'
 
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** The route starts an onboarding (a new state): rate-limited and capped as such. */
-    startsOnboarding?: boolean
-  }
-}
-
 const HTML = 'text/html; charset=utf-8'
 export const BINDING_COOKIE = 'cybs_onboarding'
 const BINDING_VALUE = /^[A-Za-z0-9_-]{43}$/
@@ -36,21 +29,27 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
   const { publicBaseUrl, onboarding: { successUrl, failureUrl, stateTtlSeconds }, pages: branding } = app.config
   const bindingEnforced = String(app.config.browserBinding === 'required')
   // SameSite=Lax: the callback is a top-level cross-site GET from CyberSource, which Lax allows.
-  // Secure only on https, so that http development URLs keep working.
+  // Secure only on https, so that http development URLs keep working. On https without a path
+  // prefix, the __Host- prefix (which requires Path=/) keeps a sibling subdomain from planting a
+  // binding value the browser would send first.
+  const basePath = new URL(publicBaseUrl).pathname.replace(/\/+$/, '')
+  const secure = publicBaseUrl.startsWith('https:')
+  const hostOnly = secure && basePath === ''
+  const bindingCookie = hostOnly ? `__Host-${BINDING_COOKIE}` : BINDING_COOKIE
   const cookieOptions: CookieSerializeOptions = {
-    path: `${new URL(publicBaseUrl).pathname.replace(/\/+$/, '')}/oauth`,
+    path: hostOnly ? '/' : `${basePath}/oauth`,
     httpOnly: true,
     sameSite: 'lax',
-    secure: publicBaseUrl.startsWith('https:'),
+    secure,
     maxAge: stateTtlSeconds
   }
   await app.register(cookie)
 
   /** The browser's binding value: the one it already holds (several tabs may onboard), else a new one. */
   function bindBrowser (request: FastifyRequest, reply: FastifyReply): string {
-    const held = request.cookies[BINDING_COOKIE]
+    const held = request.cookies[bindingCookie]
     const value = held !== undefined && BINDING_VALUE.test(held) ? held : randomBytes(32).toString('base64url')
-    reply.setCookie(BINDING_COOKIE, value, cookieOptions)
+    reply.setCookie(bindingCookie, value, cookieOptions)
     return value
   }
 
@@ -82,7 +81,8 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
         app.metrics.callbacks.inc({ outcome: reason })
         request.log.warn({ outcome: reason }, 'onboarding callback')
       }
-      return await fail(request, reply, reason, { status: reason === 'invalid_request' ? status : undefined })
+      // A URL too long for the service is a parameter too long for the contract: 400, not 414.
+      return await fail(request, reply, reason, { status: reason === 'invalid_request' ? (status === 414 ? 400 : status) : undefined })
     }
     request.log.error({ err }, 'onboarding request failed')
     return await reply.code(500).type(HTML).send(errorPage(request.id, branding))
@@ -95,11 +95,12 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
     return await reply.redirect(url, 302)
   })
 
-  app.get('/links/:id/:key', { exposeHeadRoute: false, config: { startsOnboarding: true }, schema: { params: LinkVisitParamsSchema } }, async (request, reply) => {
+  app.get('/links/:id/:key', { exposeHeadRoute: false, config: { startsOnboarding: true, admitsStartItself: true }, schema: { params: LinkVisitParamsSchema } }, async (request, reply) => {
     const opened = await app.linkStore.open(request.params.id, request.params.key)
     if (opened.kind === 'not_found') return await fail(request, reply, 'link_not_found')
     if (opened.kind === 'expired') return await fail(request, reply, 'link_expired')
     if (opened.kind === 'connected') return await reply.type(HTML).send(alreadyConnectedPage(opened.link.merchantId ?? '', request.id, branding))
+    await app.admitStart(request, reply)
     app.metrics.onboardingLinks.inc({ event: 'visited' })
     const binding = bindBrowser(request, reply)
     const { url } = await app.onboarding.start({ merchantId: opened.link.merchantId ?? undefined, binding, linkId: opened.link.id })
@@ -108,7 +109,7 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
 
   app.get('/callback', { exposeHeadRoute: false, schema: { querystring: CallbackQuerySchema } }, async (request, reply) => {
     const { code, state } = request.query
-    const result = await app.onboarding.complete({ code, state, binding: request.cookies[BINDING_COOKIE], reference: request.id }, request.log)
+    const result = await app.onboarding.complete({ code, state, binding: request.cookies[bindingCookie], reference: request.id }, request.log)
     const { outcome, linkId, reference, replayed } = result
     const name = outcome.ok ? 'connected' : outcome.reason
     if (result.bindingMismatch) app.metrics.bindingFailures.inc({ enforced: bindingEnforced })

@@ -4,18 +4,16 @@
 // benchmark's subsection included, as it was. Every webhook must arrive exactly once with a valid
 // signature, and every due merchant must be renewed. The benchmarks themselves run by hand.
 import t from 'tap'
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+import { ROOT, benchEntry } from '../helpers/bench-build.js'
 
 t.setTimeout(120_000)
 
 async function run (script: string, env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, [join(ROOT, 'dist', 'bench', script)], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [benchEntry(script)], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
@@ -31,7 +29,6 @@ const between = (text: string, start: string, end: string): string => {
 }
 
 t.test('tiny keep-alive and webhook runs write their subsections and keep the rest of the file', async t => {
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.bench.json'], { cwd: ROOT, stdio: 'inherit' })
   const dir = mkdtempSync(join(tmpdir(), 'bench-lifecycle-smoke-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const results = join(dir, 'RESULTS.md')

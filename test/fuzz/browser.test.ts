@@ -46,9 +46,9 @@ function request (f: Fuzz, c: Common, method: Request['method'], path: string, p
   }
 }
 
-/** Statuses a browser route may answer for the query, before its own logic: 414, or 400 for a repeated or over-long parameter. */
+/** Statuses a browser route may answer for the query, before its own logic: 400 for a URL over 8,192 characters, a repeated or an over-long parameter. */
 function queryOracle (r: Request, pairs: QueryPair[]): number[] | undefined {
-  if (r.url.length > 8192) return [414]
+  if (r.url.length > 8192) return [400]
   pairs = present(pairs)
   const counts = new Map<string, number>()
   for (const p of pairs) counts.set(p.key, (counts.get(p.key) ?? 0) + 1)

@@ -119,6 +119,27 @@ t.test('the binding cookie: HttpOnly, SameSite=Lax, path under PUBLIC_BASE_URL, 
   const s = String((await secure.app.inject({ url: '/oauth/connect' })).headers['set-cookie'])
   t.match(s, /Secure/)
   t.match(s, /Path=\/broker\/oauth(;|$)/)
+
+  // https without a path prefix: __Host- (Path=/, no Domain), so a sibling subdomain cannot plant one.
+  const host = await build(t, { env: { PUBLIC_BASE_URL: 'https://partner.example' } })
+  const first = await host.app.inject({ url: '/oauth/connect' })
+  const h = String(first.headers['set-cookie'])
+  t.match(h, new RegExp(`^__Host-${BINDING_COOKIE}=[A-Za-z0-9_-]{43};`))
+  t.match(h, /Path=\/(;|$)/)
+  t.match(h, /Secure/)
+  t.notMatch(h, /Domain=/)
+  const state = new URL(String(first.headers.location)).searchParams.get('state') ?? ''
+  const done = await callback(host, { code: host.sim.control.issueCode('host_m'), state }, cookiesOf(first.headers))
+  t.equal(done.statusCode, 200, 'the callback reads the __Host- cookie')
+  const planted = await callback(host, { code: host.sim.control.issueCode('host_m'), state }, `${BINDING_COOKIE}=${cookiesOf(first.headers).split('=')[1]}`)
+  t.equal(planted.statusCode, 401, 'a cookie without the prefix binds nothing')
+})
+
+t.test('a CYBS_REDIRECT_URL outside PUBLIC_BASE_URL/oauth/ is warned about at start-up', async t => {
+  const b = await build(t, { env: { CYBS_REDIRECT_URL: 'https://elsewhere.example/callback' } })
+  t.ok(b.logs.lines().some(l => l.level === 40 && /CYBS_REDIRECT_URL/.test(String(l.msg))))
+  const fine = await build(t)
+  t.notOk(fine.logs.lines().some(l => /CYBS_REDIRECT_URL/.test(String(l.msg))), 'not when it is the derived one')
 })
 
 t.test('ONBOARDING_BROWSER_BINDING=off: any browser completes; mismatches are still counted; warned at start', async t => {

@@ -41,6 +41,8 @@ t.test('each transition emits one event, in order, without secrets; paging with 
   t.equal((await b.app.inject({ method: 'POST', url: '/internal/v1/merchants/life_m/refresh', headers: auth })).statusCode, 200)
   b.sim.control.setBehavior({ fault: 'error_502_html', grantType: 'refresh_token' })
   t.equal((await b.app.inject({ method: 'POST', url: '/internal/v1/merchants/life_m/refresh', headers: auth })).statusCode, 503)
+  await new Promise(resolve => setTimeout(resolve, 2100)) // past the hold after a failed refresh
+  t.equal((await b.app.inject({ method: 'POST', url: '/internal/v1/merchants/life_m/refresh', headers: auth })).statusCode, 503, 'it fails again: the same episode, no second event')
   b.sim.control.setBehavior({})
   b.sim.control.revokeRefreshTokens('life_m')
   await new Promise(resolve => setTimeout(resolve, 2100)) // past the hold after a failed refresh

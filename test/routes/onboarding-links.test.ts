@@ -141,3 +141,22 @@ t.test('expired, unknown and tampered links: pages, never an onboarding; GET unk
   t.teardown(() => { redis.disconnect() })
   t.same(await scanKeys(redis, `${b.config.redisKeyPrefix}state:*`), [], 'no state was made')
 })
+
+t.test('a connected link never connects a second merchant: a later callback of another of its states exchanges nothing', async t => {
+  const b = await build(t, { env: PORTAL })
+  const link = await makeLink(b, { reference: 'acct-U' })
+  const first = await visit(b, link)
+  const second = await visit(b, link) // a leaked URL, opened by someone else, waiting
+  const ok = await callback(b, { code: b.sim.control.issueCode('m_one'), state: first.state }, first.cookie)
+  t.match(String(ok.headers.location), /merchant_id=m_one/)
+  const exchanges = (): number => b.sim.control.requests().filter(r => r.form.grant_type === 'authorization_code').length
+  const before = exchanges()
+  const late = await callback(b, { code: b.sim.control.issueCode('m_two'), state: second.state }, second.cookie)
+  t.equal(late.statusCode, 401, 'refused as a used sign-in (a page, not a redirect naming the link)')
+  t.equal(late.headers.location, undefined)
+  t.equal(exchanges(), before, 'nothing exchanged')
+  t.equal(await b.app.tokenStore.get('m_two'), undefined, 'the second merchant is not stored')
+  const status = await linkStatus(b, link.id)
+  t.equal(status.body.status, 'connected')
+  t.equal(status.body.merchant_id, 'm_one', 'the link keeps its merchant')
+})

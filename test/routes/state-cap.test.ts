@@ -124,7 +124,12 @@ t.test('one client: its own cap, IPv6 as one /64; others and callbacks are not r
 
   t.equal((await a.app.inject({ method: 'GET', url: '/oauth/connect', remoteAddress: '2001:db8:7:2::1' })).statusCode, 302, 'the next /64 starts')
   t.equal((await a.app.inject({ method: 'GET', url: '/oauth/connect', remoteAddress: '203.0.113.6' })).statusCode, 302, 'another IPv4 address starts')
-  assertRefusedPage(t, await b.app.inject({ method: 'GET', url: '/oauth/links/lnk_cap/key_cap', remoteAddress: '203.0.113.5' }), 'an onboarding link visit of the capped client')
+  // A real onboarding link counts as a start; a visit of an unknown one starts nothing and is not counted.
+  const link = (await b.app.inject({ method: 'POST', url: '/internal/v1/onboarding-links', headers: b.auth })).json() as { url: string }
+  assertRefusedPage(t, await b.app.inject({ method: 'GET', url: new URL(link.url).pathname, remoteAddress: '203.0.113.5' }), 'an onboarding link visit of the capped client')
+  const refusedBefore = await refused(apps)
+  t.equal((await b.app.inject({ method: 'GET', url: '/oauth/links/onb_AAAAAAAAAAAAAAAAAAAAAA/key_cap', remoteAddress: '203.0.113.5' })).statusCode, 404, 'an unknown link: 404, not 429')
+  t.same(await refused(apps), refusedBefore, 'and not counted against the caps')
 
   // The capped client's browser comes back from CyberSource: its callback is not refused.
   const started = one.find(r => r.statusCode === 302)!

@@ -87,13 +87,34 @@ t.test('the store wrapper keeps the schedule in step with every write', async t 
 
 t.test('the schedule never fails a write', async t => {
   const { raw, schedule } = await setup(t)
-  const broken: KeepAliveSchedule = { ...schedule, add: async () => { throw new Error('schedule slot down') }, remove: async () => { throw new Error('down') } }
+  const down = async (): Promise<never> => { throw new Error('schedule slot down') }
+  const broken: KeepAliveSchedule = { ...schedule, add: down, addEarlier: down, remove: down }
   const warnings: unknown[] = []
   const store = withKeepAlive(raw, broken, { warn: (o: unknown) => { warnings.push(o) } } as never)
   t.ok(await store.put(newRecord('m1')), 'the tokens are stored')
   t.ok(await raw.getMeta('m1'), 'and readable')
   t.equal(await store.delete('m1'), true, 'a delete goes through')
   t.ok(warnings.length >= 3, 'each failure is logged')
+})
+
+t.test('a refresh whose write fails leaves the merchant due by the refresh token still stored', async t => {
+  const { raw, schedule, clock } = await setup(t)
+  const store = withKeepAlive(raw, schedule, silent)
+  await store.put(newRecord('m1', { refreshTokenExpiresAt: clock.t + 20 * DAY }))
+  const before = await schedule.score('m1') as number
+  // The store's write fails after CyberSource extended the grant by a year.
+  const failing: TokenStore = { ...raw, put: async () => { throw new Error('storage unavailable') } }
+  const wrapped = withKeepAlive(failing, schedule, silent)
+  const current = (await raw.getMeta('m1'))!
+  await t.rejects(wrapped.put(newRecord('m1', { refreshTokenExpiresAt: clock.t + 365 * DAY }), current), /storage unavailable/)
+  t.ok(await schedule.score('m1') as number <= before, 'still due by the stored expiry, never later')
+
+  // A refresh that loses to a delete leaves no entry behind.
+  const lost = withKeepAlive({ ...raw, put: async () => undefined }, schedule, silent)
+  await raw.delete('m1')
+  await schedule.remove('m1')
+  await lost.put(newRecord('m1', { refreshTokenExpiresAt: clock.t + 365 * DAY }), current)
+  t.equal(await schedule.score('m1'), undefined, 'a deleted merchant is not scheduled again')
 })
 
 t.test('claims lease due merchants once across claimers, and a lease that runs out brings them back', async t => {
@@ -175,6 +196,8 @@ t.test('migration: merchants stored before keep-alive are scheduled once, resuma
   const resumed = await migrateSchedule({ redis, keys, store: raw, schedule, log: silent, batch: 2 })
   t.equal(resumed.state, 'done')
   t.equal(await redis.get(marker), MIGRATION_DONE)
+  const sweep = await redis.pttl(marker)
+  t.ok(sweep > 6 * DAY && sweep <= 7 * DAY, 'the finished scan stands a week, then the sweep runs again')
   t.equal(await redis.exists(lock), 0, 'the lock is released')
   t.equal((await schedule.stats()).size, 30, 'every connected merchant is scheduled, the marked one not')
   t.equal(await schedule.score('old0'), clock.t + 5, 'an existing entry is not overwritten')

@@ -106,6 +106,15 @@ t.test('put with an expected version and grant is compare-and-set', async t => {
   t.equal(results.filter(v => v === undefined).length, 19)
 })
 
+t.test('a new onboarding never replaces a later one (a slow or retried write of an older exchange)', async t => {
+  const { store } = await setup(t)
+  const at = Date.now()
+  t.ok(await store.put(newRecord('m_race', { connectedAt: at, accessToken: 'newer-access' })), 'the later onboarding is stored')
+  t.equal(await store.put(newRecord('m_race', { connectedAt: at - 5000, accessToken: 'older-access' })), undefined, 'the older one is refused')
+  t.equal((await store.get('m_race'))?.accessToken, 'newer-access', 'the later pair stays')
+  t.ok(await store.put(newRecord('m_race', { connectedAt: at, accessToken: 'same-again' })), 'a retry of the same write goes through')
+})
+
 t.test('the record lives until the refresh token expires plus RECORD_GRACE_MS', async t => {
   const { redis, store } = await setup(t)
   for (const lifetime of [HOUR, 365 * 24 * HOUR, -HOUR]) {
