@@ -17,15 +17,13 @@ import { FAILURE_HOLD_MS, MIN_VALIDITY_MS, classifyRefreshError, effectiveStatus
 import { createTokenCache, type AccessToken } from './token-cache.js'
 import { createRefreshLock, type LockHandle } from './refresh-lock.js'
 import { createRecordReads, createVersionReads } from './record-reads.js'
+import { createRefreshReporter } from './refresh-reporter.js'
 
 export type { AccessToken } from './token-cache.js'
 export type { RefreshOutcome } from './refresh-policy.js'
 export { MIN_VALIDITY_MS } from './refresh-policy.js'
 
 /** Hooks for metrics; every member optional. */
-/** A merchant whose refreshes keep failing is reported again after this long. */
-const FAILURE_EVENT_HOLD_MS = 10 * 60_000
-
 export interface TokenServiceEvents {
   refresh?: (outcome: RefreshOutcome, seconds: number) => void
   lockWait?: (seconds: number, outcome: 'updated' | 'acquired' | 'timeout') => void
@@ -86,8 +84,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
   const cache = createTokenCache({ now, maxEntries: opts.maxEntries })
   const { isConnected, load, readConnected, servable } = createRecordReads(store, cache, now)
   const inflight = new Map<string, Promise<MerchantRecord>>()
-  /** When each merchant's current failure episode was reported (merchant.refresh_failed). */
-  const failureReported = new Map<string, number>()
+  const report = createRefreshReporter(opts.lifecycle, now)
   const failedUntil = new Map<string, number>()
   let closing = false
 
@@ -142,11 +139,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       return await servable(merchantId, false) ?? await refreshLocked(merchantId, force, undefined, held)
     }
     events.refresh?.('ok', seconds())
-    failureReported.delete(merchantId)
-    opts.lifecycle?.emit('merchant.refreshed', merchantId, {
-      access_token_expires_at: new Date(record.accessTokenExpiresAt).toISOString(),
-      refresh_token_expires_at: new Date(record.refreshTokenExpiresAt).toISOString()
-    })
+    report.refreshed(merchantId, record)
     log.info({ merchant_id: merchantId, correlation_id: tokens.correlationId, version }, 'access token refreshed')
     failedUntil.delete(merchantId)
     const stored = { ...record, version }
@@ -163,7 +156,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       const version = await store.markReauthorizationRequired(merchantId, current)
       if (version !== undefined) {
         cache.forget(merchantId)
-        opts.lifecycle?.emit('merchant.reauthorization_required', merchantId, { reason: err.oauthError ?? failure.outcome })
+        report.reauthorizationRequired(merchantId, err.oauthError ?? failure.outcome)
         throw new ReauthorizationRequiredError()
       }
       // A newer record was written meanwhile (a new onboarding): serve it if it can be.
@@ -171,13 +164,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       if (newer !== undefined) return newer
       throw new ReauthorizationRequiredError()
     }
-    // One event per failure episode (per replica), not per attempt: an outage of CyberSource
-    // would otherwise fill the event log with retries of the same merchants.
-    const reportedAt = failureReported.get(merchantId)
-    if (reportedAt === undefined || now() - reportedAt > FAILURE_EVENT_HOLD_MS) {
-      failureReported.set(merchantId, now())
-      opts.lifecycle?.emit('merchant.refresh_failed', merchantId, { reason: failure.outcome })
-    }
+    report.failed(merchantId, failure.outcome)
     failedUntil.set(merchantId, now() + FAILURE_HOLD_MS)
     throw new UpstreamUnavailableError()
   }
@@ -315,7 +302,7 @@ export function createTokenService (opts: TokenServiceOptions): TokenService {
       // Again: a read that was under way at the delete may have cached the record meanwhile.
       cache.forget(merchantId)
       if (!deleted) throw new MerchantNotFoundError()
-      opts.lifecycle?.emit('merchant.disconnected', merchantId, {})
+      report.disconnected(merchantId)
     },
 
     async start () {

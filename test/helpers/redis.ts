@@ -2,6 +2,7 @@
 // port, with no persistence unless extraArgs ask for it.
 import type { Redis } from 'ioredis'
 import { freePort } from '../../src/net-utils.js'
+import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { startRedisServer } from '../../src/redis-server.js'
 
 export { freePort }
@@ -20,6 +21,15 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }, 
   const server = await startRedisServer({ args: ['--save', '', '--appendonly', 'no', ...extraArgs] })
   t.teardown(server.close)
   return { port: server.port, url: server.url, stop: server.stop, start: server.start, extraArgs }
+}
+
+/** A client with the service's own request-path settings (no offline queue, command timeout), ready. */
+export async function serviceClient (t: { teardown: (fn: () => unknown) => void }, server: { url: string }): Promise<Redis> {
+  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
+  redis.on('error', () => {})
+  t.teardown(() => { redis.disconnect() })
+  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  return redis
 }
 
 /** Every key matching `pattern` on one server (SCAN, never KEYS). */

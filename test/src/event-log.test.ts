@@ -3,30 +3,21 @@
 // delivery queued in the same step, and events held in memory while Redis is away.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import type { Redis } from 'ioredis'
-import { startRedis, type TestRedis } from '../helpers/redis.js'
+import { serviceClient, startRedis } from '../helpers/redis.js'
 import { until } from '../helper.js'
-import { createRedisClient, waitReady } from '../../src/redis-client.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createEventIds } from '../../src/event-id.js'
 import { createEventLog, type EventLog, type PendingEvent } from '../../src/event-log.js'
 import { createEventOutbox } from '../../src/event-outbox.js'
 import { InvalidRequestError } from '../../src/errors.js'
 
-type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
-
 const keys = createRedisKeys('test:')
 const k1 = { kid: 'k1', key: randomBytes(32) }
 const k2 = { kid: 'k2', key: randomBytes(32) }
 const quiet = { warn: () => {}, info: () => {}, error: () => {} }
 
-async function client (t: Tap, server: TestRedis): Promise<Redis> {
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
-  t.teardown(() => { redis.disconnect() })
-  return redis
-}
+/** A client with the service's own request-path settings. */
+const client = serviceClient
 
 const pending = (i: number, merchantId: string | null = `m_${i}`): PendingEvent =>
   ({ type: 'merchant.connected', merchantId, occurredAt: Date.UTC(2030, 0, 1, 0, 0, i), data: { n: i, reference: `ref-${i}` } })

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { randomBytes } from 'node:crypto'
 import calculateSlot from 'cluster-key-slot'
 import type { Cluster, Redis } from 'ioredis'
-import { startRedis, scanKeys } from '../helpers/redis.js'
+import { serviceClient, startRedis, scanKeys } from '../helpers/redis.js'
 import { startCluster } from '../helpers/redis-topologies.js'
 import { envFor, secrets } from '../helper.js'
 import { loadConfig } from '../../src/config.js'
@@ -32,10 +32,7 @@ const counts = (connected: number, reauth: number): { connected: number, reautho
 
 async function standalone (t: Tap): Promise<{ redis: Redis, store: TokenStore }> {
   const server = await startRedis(t)
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  t.teardown(() => { redis.disconnect() })
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  const redis = await serviceClient(t, server)
   return { redis, store: createTokenStore(redis, ring, keys) }
 }
 
@@ -204,10 +201,7 @@ t.test('npm run recount: from a built copy, with the environment of the service'
   execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(dir, 'tsconfig.json')], { stdio: 'pipe' })
 
   const server = await startRedis(t)
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  t.teardown(() => { redis.disconnect() })
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  const redis = await serviceClient(t, server)
   const s = secrets()
   const env = envFor(s, server.url, 'http://127.0.0.1:9', { REDIS_KEY_PREFIX: 'cybs:' })
   const cybs = createRedisKeys('cybs:')

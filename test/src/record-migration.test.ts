@@ -5,8 +5,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import { startRedis, scanKeys } from '../helpers/redis.js'
-import { createRedisClient, waitReady } from '../../src/redis-client.js'
+import { serviceClient, startRedis, scanKeys } from '../helpers/redis.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createKeyRing } from '../../src/key-ring.js'
 import { createTokenStore, RECORD_GRACE_MS, type TokenStore } from '../../src/token-store.js'
@@ -24,10 +23,7 @@ const GRANT = { version: 4, grant: 'legacy-grant-id0' }
 
 async function setup (t: Tap): Promise<{ redis: Redis, store: TokenStore }> {
   const server = await startRedis(t)
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  t.teardown(() => { redis.disconnect() })
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
+  const redis = await serviceClient(t, server)
   return { redis, store: createTokenStore(redis, ring, keys) }
 }
 

@@ -3,8 +3,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
-import { startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpers/redis.js'
-import { createRedisClient, waitReady } from '../../src/redis-client.js'
+import { serviceClient, startRedis, type TestRedis, withRedisStopped, scanKeys } from '../helpers/redis.js'
 import { createRedisKeys } from '../../src/redis-keys.js'
 import { createStateStore, hashBinding, type StateRecord, type StateStore } from '../../src/state-store.js'
 import { StorageUnavailableError } from '../../src/errors.js'
@@ -14,14 +13,8 @@ type Tap = Parameters<Parameters<typeof t.test>[0]>[0]
 const PREFIX = 'test:'
 const keys = createRedisKeys(PREFIX)
 
-/** A client with the service's own request-path settings (no offline queue, command timeout). */
-async function client (t: Tap, server: TestRedis): Promise<Redis> {
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
-  t.teardown(() => { redis.disconnect() })
-  return redis
-}
+/** A client with the service's own request-path settings. */
+const client = serviceClient
 
 /** consume() from the browser that started the state: the record, or undefined. */
 async function take (store: StateStore, state: string, binding?: string): Promise<StateRecord | undefined> {

@@ -5,7 +5,7 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import { startRedis, freePort, type TestRedis } from '../helpers/redis.js'
+import { serviceClient, startRedis, freePort } from '../helpers/redis.js'
 import { startReceiver, verify, webhookSecret, type Receiver } from '../helpers/webhook-receiver.js'
 import { until } from '../helper.js'
 import { createRedisClient, waitReady } from '../../src/redis-client.js'
@@ -24,13 +24,8 @@ const ids = createEventIds([{ kid: 'k1', key: randomBytes(32) }])
 const quiet = { warn: () => {}, info: () => {}, error: () => {} }
 const FAST = { pollMs: 20, timeoutMs: 300, leaseMs: 1000, retryDelaysMs: [50, 100, 200], jitter: 0 }
 
-async function client (t: Tap, server: TestRedis): Promise<Redis> {
-  const redis = createRedisClient({ mode: 'standalone', url: server.url }) as Redis
-  redis.on('error', () => {})
-  if (!await waitReady(redis, 5000)) throw new Error('redis did not become ready')
-  t.teardown(() => { redis.disconnect() })
-  return redis
-}
+/** A client with the service's own request-path settings. */
+const client = serviceClient
 
 interface Tally { attempts: AttemptOutcome[], delivered: number, dead: number }
 
