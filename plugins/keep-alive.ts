@@ -72,6 +72,9 @@ export default fp(async (app) => {
     onExpiring: (merchantId, expiresAt) => {
       app.events.emit('merchant.refresh_token_expiring', merchantId, { refresh_token_expires_at: new Date(expiresAt).toISOString() })
     },
+    onLapsed: (merchantId, expiredAt) => {
+      app.events.emit('merchant.reauthorization_required', merchantId, { reason: 'refresh_token_expired', refresh_token_expires_at: new Date(expiredAt).toISOString() })
+    },
     events: {
       claimed: (n) => claims.observe(n),
       outcome: (outcome) => outcomes.inc({ outcome })

@@ -44,6 +44,8 @@ export interface KeepAliveOptions {
   /** A failure with less than this left calls onExpiring (7 days), once per merchant per day. */
   expiringWithinMs?: number
   onExpiring?: (merchantId: string, refreshTokenExpiresAt: number) => void
+  /** A merchant stored as connected whose refresh token has run out is taken off the schedule. */
+  onLapsed?: (merchantId: string, refreshTokenExpiredAt: number) => void
   events?: KeepAliveEvents
   /** Random numbers in [0, 1) for the tick jitter. */
   random?: () => number
@@ -97,6 +99,9 @@ export function createKeepAlive (opts: KeepAliveOptions): KeepAlive {
     const meta = await store.getMeta(merchantId)
     if (meta === undefined || effectiveStatus(meta, now()).status !== 'connected') {
       await schedule.settle(merchantId, lease, null, true)
+      // Stored as connected, but its refresh token ran out (no renewal succeeded in time): the
+      // merchant must connect again, and nothing else would tell the partner.
+      if (meta?.status === 'connected') opts.onLapsed?.(merchantId, meta.refreshTokenExpiresAt)
       return 'unscheduled'
     }
     if (meta.refreshTokenExpiresAt - now() > schedule.renewBeforeMs) {

@@ -109,14 +109,16 @@ t.test('merchants gone, disconnected or rejected are unscheduled', async t => {
   s.clock.t += 2 * DAY // its refresh token expired before keep-alive got to it
   await s.merchant('rejected', DAY)
   await s.merchant('deleted-meanwhile', DAY)
+  const lapsed: string[] = []
   const { keepAlive, outcomes } = s.replica(async (id) => {
     if (id === 'rejected') throw new ReauthorizationRequiredError()
     throw new MerchantNotFoundError()
-  })
+  }, { onLapsed: (id: string) => { lapsed.push(id) } })
   await s.schedule.add('gone', s.clock.t)
   t.equal(await keepAlive.tick(), 4)
   t.same(outcomes.sort(), ['reauthorization_required', 'unscheduled', 'unscheduled', 'unscheduled'])
   t.equal((await s.schedule.stats()).size, 0, 'nothing left in the schedule')
+  t.same(lapsed, ['lapsed'], 'the partner hears of the merchant whose refresh token ran out, and of no other')
 })
 
 t.test('failures back off with growing, capped delays; a success clears them', async t => {
