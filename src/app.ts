@@ -158,9 +158,14 @@ export default async function app (fastify: FastifyInstance, opts: AppOptions): 
       else reply.callNotFound()
     })
   }
-  // Every answer (errors included) gets answerHeaders as it is sent.
+  // Every answer (errors included) gets answerHeaders as it is sent. Once the server is closing,
+  // an answer also closes its connection: a request in flight at shutdown would otherwise leave
+  // an idle keep-alive socket that holds the server's close up for keepAliveTimeout.
+  let closing = false
+  fastify.addHook('preClose', (done) => { closing = true; done() })
   fastify.addHook('onSend', (request, reply, payload, done) => {
     answerHeaders(reply, request.id)
+    if (closing) reply.header('connection', 'close')
     done(null, payload)
   })
   await fastify.register(metricsPlugin)

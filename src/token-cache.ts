@@ -31,8 +31,15 @@ export interface CachedToken {
   epoch: number
 }
 
-/** Taken before the Redis read or write whose record is then remembered (see TokenCache.ticket). */
+/** A subscription epoch (src/cache-revalidation.ts). */
 export type Ticket = number
+
+/** Taken before the Redis read or write whose record is then remembered (see TokenCache.ticket). */
+export interface ReadTicket {
+  epoch: Ticket
+  /** How many change messages had been heard. */
+  heard: number
+}
 
 export interface TokenCache {
   /** The cached token while it is not yet due (no Redis, no decryption). */
@@ -41,11 +48,12 @@ export interface TokenCache {
   entry: (merchantId: string) => CachedToken | undefined
   /**
    * Where the change subscription stands now. A record remembered with a ticket taken before a
-   * disconnect (or while away) may have missed a change message: it is revalidated.
+   * disconnect (or while away) may have missed a change message: it is revalidated. One whose
+   * merchant changed (a message heard) after the ticket was taken is not cached at all.
    */
-  ticket: () => Ticket
+  ticket: () => ReadTicket
   /** Caches a connected record read from or written to Redis; any other status is forgotten. */
-  remember: (record: MerchantRecord, ticket: Ticket) => void
+  remember: (record: MerchantRecord, ticket: ReadTicket) => void
   /** The token object of a record: the cached one when the record is the cached version. */
   tokenOf: (record: MerchantRecord) => AccessToken
   forget: (merchantId: string) => void
@@ -90,9 +98,14 @@ export function createTokenCache (opts: { now: () => number, maxEntries: number 
   // lru-cache needs a positive bound; with maxEntries 0 nothing is ever set.
   const lru = new LRUCache<string, CachedToken>({ max: Math.max(1, maxEntries) })
   const sync = createRevalidation(lru)
+  // The change messages heard, and when each recently changed merchant last changed: a read that
+  // began before a change (a delete, a newer write) and answers after its message is not cached.
+  let heard = 0
+  const changes = new LRUCache<string, { heard: number, version?: number, grant?: string }>({ max: 10_000 })
 
   const invalidate = (message: string): string => {
     const [merchantId, v, grant] = message.split(':')
+    changes.set(merchantId, { heard: ++heard, version: v === undefined ? undefined : Number(v), grant })
     const cached = lru.peek(merchantId)
     // A message without a version (a delete) or one that cannot be read drops the entry.
     if (cached !== undefined && (v === undefined || !(cached.version >= Number(v)) || cached.grant !== grant)) lru.delete(merchantId)
@@ -105,7 +118,7 @@ export function createTokenCache (opts: { now: () => number, maxEntries: number 
       return entry !== undefined && now() < entry.freshUntil ? entry.token : undefined
     },
     entry: (merchantId) => lru.get(merchantId),
-    ticket: sync.ticket,
+    ticket: () => ({ epoch: sync.ticket(), heard }),
     remember (record, ticket) {
       // A request's merchant id may be cut from its URL: the cache keeps a copy of its own.
       const id = own(record.merchantId)
@@ -114,11 +127,15 @@ export function createTokenCache (opts: { now: () => number, maxEntries: number 
         return
       }
       if (maxEntries === 0) return
+      // Changed since this record was read, and not into this record (its own write's message is):
+      // it may be the older one, or deleted; the next lookup reads again.
+      const change = changes.get(id)
+      if (change !== undefined && change.heard > ticket.heard && !(change.version === record.version && change.grant === record.grant)) return
       const cached = lru.peek(id)
       // The same record again keeps its token object; an older one of the same grant (a read that
       // crossed a newer write) is not cached over the newer.
       if (cached !== undefined && cached.grant === record.grant && cached.version >= record.version) {
-        if (cached.version === record.version) sync.vouch(id, cached, ticket)
+        if (cached.version === record.version) sync.vouch(id, cached, ticket.epoch)
         return
       }
       // Past its refresh token's expiry a merchant needs a new onboarding: no longer fresh then.
@@ -131,7 +148,7 @@ export function createTokenCache (opts: { now: () => number, maxEntries: number 
         epoch: -1
       }
       lru.set(id, entry)
-      sync.vouch(id, entry, ticket)
+      sync.vouch(id, entry, ticket.epoch)
     },
     tokenOf (record) {
       const entry = lru.peek(record.merchantId)

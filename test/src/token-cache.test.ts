@@ -188,6 +188,23 @@ t.test('change messages: a newer version, another grant or a delete drops the en
   t.ok(h.cache.peek('m_old') !== undefined, 'a message about the version cached keeps it')
 })
 
+t.test('a read that began before a change and answers after its message is not cached; its own write is', async t => {
+  const h = await harness(t)
+  const before = h.cache.ticket() // a read of m_del and m_v1 starts
+  await h.redis.publish(keys.events, 'm_del') // another replica deletes m_del
+  await h.redis.publish(keys.events, 'm_v1:2:g1') // and writes version 2 of m_v1
+  await h.redis.publish(keys.events, 'm_own:2:g1') // our own write of m_own, version 2
+  t.ok(await until(() => h.cache.ticket().heard >= before.heard + 3, 5000), 'the messages arrived')
+  h.cache.remember(record('m_del'), before)
+  h.cache.remember(record('m_v1'), before)
+  h.cache.remember(record('m_own', { version: 2 }), before)
+  t.equal(h.cache.entry('m_del'), undefined, 'the deleted merchant\'s record, read before the delete, is not cached')
+  t.equal(h.cache.entry('m_v1'), undefined, 'nor an older version')
+  t.ok(h.cache.peek('m_own') !== undefined, 'the record a message announces is cached')
+  h.cache.remember(record('m_del'), h.cache.ticket())
+  t.ok(h.cache.peek('m_del') !== undefined, 'a read that began after the message is cached')
+})
+
 t.test('subscriber reconnect: entries are revalidated, not dropped', async t => {
   let release = (): void => {}
   const gate = new Promise<void>(resolve => { release = resolve })
