@@ -4,7 +4,7 @@
 import type { Logger } from 'pino'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { hashBinding, type StateRecord, type StateStore } from './state-store.js'
-import type { LinkStore } from './link-store.js'
+import type { Link, LinkStore } from './link-store.js'
 import type { EventData, EventSink } from './event-log.js'
 import type { TokenStore } from './token-store.js'
 import type { TokenClient } from './cybersource/token-client.js'
@@ -139,7 +139,7 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
    * The end of a consumed state: the link learns it, the partner gets its event, and a reload
    * will replay it. Best effort: the merchant's tokens are stored already.
    */
-  async function settle (state: string, settled: Settled, bound: StateRecord, existed: boolean, log: Log): Promise<void> {
+  async function settle (state: string, settled: Settled, bound: StateRecord, link: Link | undefined, existed: boolean, log: Log): Promise<void> {
     const { outcome } = settled
     let reference: string | null = null
     if (settled.linkId !== undefined) {
@@ -147,7 +147,7 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
         // A link that another onboarding connected first keeps its merchant: this outcome is
         // not the link's, so neither its redirect nor its event names the link.
         if (await opts.linkStore.complete(settled.linkId, outcome.ok ? { merchantId: outcome.merchantId } : { reason: outcome.reason })) {
-          reference = (await opts.linkStore.get(settled.linkId))?.reference ?? null
+          reference = link?.reference ?? null
         } else {
           log.warn({ onboarding_id: settled.linkId, outcome: outcome.ok ? 'connected' : outcome.reason }, 'onboarding link already completed; this outcome is not recorded on it')
           settled.linkId = undefined
@@ -160,6 +160,11 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
     const data: EventData = { onboarding_id: linkId ?? null, reference }
     if (outcome.ok) opts.events?.emit(existed ? 'merchant.reconnected' : 'merchant.connected', outcome.merchantId, data)
     else opts.events?.emit('onboarding.failed', bound.merchantId ?? null, { ...data, reason: outcome.reason })
+    await keep(state, settled, log)
+  }
+
+  /** Keeps a used state's outcome for a reload by its browser. Best effort. */
+  async function keep (state: string, settled: Settled, log: Log): Promise<void> {
     try {
       await opts.stateStore.settle(state, settled)
     } catch (err) {
@@ -201,16 +206,17 @@ export function createOnboarding (opts: OnboardingOptions): Onboarding {
       const { record, bindingMatched } = consumed
       // A state of a link that has connected a merchant since it was started: the link is done,
       // and no second merchant is exchanged through it.
-      if (record.linkId !== undefined && (await opts.linkStore.get(record.linkId))?.status === 'connected') {
+      const link = record.linkId === undefined ? undefined : await opts.linkStore.get(record.linkId)
+      if (link?.status === 'connected') {
         log.warn({ onboarding_id: record.linkId }, 'callback for an onboarding link that is already connected; nothing exchanged')
         const refused: Settled = { outcome: fail('invalid_state'), reference }
-        await opts.stateStore.settle(state, refused).catch((err: unknown) => { log.warn({ err }, 'could not keep the callback outcome for a reload') })
+        await keep(state, refused, log)
         return result(refused.outcome)
       }
       const exchanged: CallbackOutcome & { existed?: boolean } = code === undefined || code === '' ? fail('access_denied') : await exchange(code, record, log)
       const { existed = false, ...outcome } = exchanged
       const settled: Settled = { outcome, reference, linkId: record.linkId }
-      await settle(state, settled, record, existed, log)
+      await settle(state, settled, record, link, existed, log)
       return result(outcome, { linkId: settled.linkId, bindingMismatch: record.binding !== undefined && !bindingMatched })
     }
   }
